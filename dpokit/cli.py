@@ -1,0 +1,87 @@
+"""The `dpokit` command. Thin: parse, build the config, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dpokit.config import ConfigError, TrainConfig, load_config
+
+
+def _train_command(args, objective: str) -> int:
+    from dpokit.train.loop import train
+
+    cfg = load_config(TrainConfig, args.config, args.overrides, base={"objective": objective})
+    if cfg.objective != objective:
+        raise ConfigError(f"`dpokit {objective}` with a config whose objective is {cfg.objective!r}")
+    result = train(cfg, resume=args.resume)
+    ev = result.summary.get("eval") or {}
+    if ev:
+        shown = {k: round(v, 4) for k, v in ev.items() if isinstance(v, float)}
+        print(f"held-out: {shown}")
+    return 0
+
+
+def _score_command(args) -> int:
+    from dpokit.score import ScoreSettings, score_file
+
+    settings = ScoreSettings(
+        beta=args.beta, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+        batch_size=args.batch_size, on_malformed=args.on_malformed,
+    )
+    score_file(args.model, args.ref, args.data, args.out, settings)
+    return 0
+
+
+def _run_command(args) -> int:
+    from dpokit.tasks import registry
+
+    return registry.run_task(args.task, args.config, args.overrides, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpokit", description="Direct preference optimization, with the evidence.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("sft", "supervised fine-tuning on chosen completions (makes a reference)"), ("dpo", "pairwise preference training (dpo, cdpo, robust, ipo, hinge, soft)")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML recipe (configs/)")
+        p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the latest checkpoint in output_dir, or from PATH")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.1 lora.r=8")
+    p = sub.add_parser("score", help="per-pair log-probs and implicit reward margins")
+    p.add_argument("--model", required=True)
+    p.add_argument("--ref", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--max-prompt-length", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--on-malformed", choices=("raise", "skip"), default="raise")
+    p = sub.add_parser("run", help="run a case study end to end (e.g. sentiment)")
+    p.add_argument("task")
+    p.add_argument("--config")
+    p.add_argument("--quick", action="store_true", help="the small preset (minutes)")
+    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("demo", help="= dpokit run sentiment with the default recipe")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("sft", "dpo"):
+            return _train_command(args, args.command)
+        if args.command == "score":
+            return _score_command(args)
+        if args.command == "demo":
+            args.task, args.config = "sentiment", None
+        return _run_command(args)
+    except ConfigError as e:
+        print(f"dpokit: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Raw records -> validated `PreferencePair`s, or counted skips.
+
+Accepted shapes (fields other than these are ignored; a field whose value is None/null is
+treated as absent, because Parquet and `datasets` fill missing values with None):
+
+    text            {"prompt": str, "chosen": str, "rejected": str}
+    conversational  {"prompt": [messages], "chosen": [assistant messages] | str, "rejected": ...}
+    implicit prompt {"chosen": [messages], "rejected": [messages]}: the prompt is their longest
+                    common message prefix, which must end right before an assistant message
+    Anthropic HH    {"chosen": "\\n\\nHuman: … \\n\\nAssistant: …", "rejected": "…"}: the prompt
+                    is the longest common prefix ending at (and including) the last
+                    "\\n\\nAssistant:" shared by both; the completions are the rest (they keep
+                    their leading space, as BPE vocabularies expect " word" tokens)
+    votes           optional: "votes": [for_chosen, for_rejected], or "chosen_votes" and
+                    "rejected_votes" (non-negative integers, not both zero)
+
+A message is {"role": one of ROLES, "content": str}; keys with None values are dropped and
+other keys are kept. Completions (chosen / rejected message lists) must start with an
+assistant message. A string answer in a conversational record becomes one assistant message.
+
+Structural problems raise `DataError` (file:line, field). Content problems are skips:
+
+    empty completion                  chosen or rejected is empty / whitespace only
+    identical chosen and rejected     equal after stripping surrounding whitespace: a
+                                      preference between them carries no signal
+    empty prompt                      chat records with no prompt messages only. An empty
+                                      TEXT prompt is kept: unconditional text is legitimate
+                                      (tokenize gives it a start token).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from numbers import Integral
+from pathlib import Path
+
+from dpokit.data.formats import read_records
+from dpokit.data.records import DataError, PreferencePair, SkipPair, SkipReport
+
+ROLES = ("system", "user", "assistant", "tool")
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _messages(value, source: str, field: str) -> list[dict]:
+    """Validate a list of {role, content} messages; returns clean copies."""
+    out = []
+    for i, msg in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(msg, dict):
+            raise DataError(source, f"expected a message object, got {_type_name(msg)}", where)
+        role, content = msg.get("role"), msg.get("content")
+        if role is None:
+            raise DataError(source, "message has no 'role'", where)
+        if content is None:
+            raise DataError(source, "message has no 'content'", where)
+        if role not in ROLES:
+            raise DataError(source, f"unknown role {role!r}; expected one of {list(ROLES)}", where)
+        if not isinstance(content, str):
+            raise DataError(source, f"'content' must be a string, got {_type_name(content)}", where)
+        out.append({k: v for k, v in msg.items() if v is not None})
+    return out
+
+
+def _completion(value, source: str, field: str) -> list[dict]:
+    """A chat completion: assistant message(s), or a string answer."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    if not isinstance(value, list):
+        raise DataError(source, f"expected a string or a list of messages, got {_type_name(value)}", field)
+    msgs = _messages(value, source, field)
+    if msgs and msgs[0]["role"] != "assistant":
+        raise DataError(source, f"the answer must start with an assistant message, got role {msgs[0]['role']!r}", field)
+    return msgs
+
+
+def _votes(raw: dict, source: str) -> tuple[int, int] | None:
+    if raw.get("votes") is not None:
+        v, field = raw["votes"], "votes"
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            raise DataError(source, "expected [votes for chosen, votes for rejected]", field)
+    elif raw.get("chosen_votes") is not None or raw.get("rejected_votes") is not None:
+        v, field = (raw.get("chosen_votes"), raw.get("rejected_votes")), "chosen_votes/rejected_votes"
+    else:
+        return None
+    if not all(isinstance(x, Integral) and not isinstance(x, bool) and x >= 0 for x in v):
+        raise DataError(source, f"votes must be non-negative integers, got {list(v)}", field)
+    if v[0] + v[1] == 0:
+        raise DataError(source, "votes are both zero: no preference to learn", field)
+    return int(v[0]), int(v[1])
+
+
+def _hh_split(chosen: str, rejected: str, source: str) -> tuple[str, str, str]:
+    """(prompt, chosen completion, rejected completion) of an Anthropic HH text record."""
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, n)  # the marker must lie wholly in the shared part
+    if cut < 0:
+        raise DataError(source, "missing, and chosen/rejected share no '\\n\\nAssistant:' prefix to infer it from", "prompt")
+    end = cut + len(HH_ASSISTANT)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+def _implicit_split(chosen: list[dict], rejected: list[dict], source: str) -> tuple[list, list, list]:
+    """(prompt, chosen completion, rejected completion) of two full conversations."""
+    if chosen == rejected:
+        raise SkipPair("identical chosen and rejected")
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    if k == 0:
+        raise DataError(source, "missing, and chosen/rejected conversations share no common prefix", "prompt")
+    for name, conv in (("chosen", chosen), ("rejected", rejected)):
+        if k < len(conv) and conv[k]["role"] != "assistant":
+            raise DataError(
+                source,
+                f"conversations diverge at a {conv[k]['role']!r} message; the shared prompt must end right before an assistant message",
+                name,
+            )
+    return chosen[:k], chosen[k:], rejected[k:]
+
+
+def _parts(raw: dict, source: str) -> tuple:
+    """(prompt, chosen, rejected) with the record's shape resolved; DataError if malformed."""
+    for name in ("chosen", "rejected"):
+        if raw.get(name) is None:
+            raise DataError(source, "missing", name)
+    prompt, chosen, rejected = raw.get("prompt"), raw["chosen"], raw["rejected"]
+    if prompt is None:  # implicit prompt: HH text or full conversations
+        if isinstance(chosen, str) and isinstance(rejected, str):
+            return _hh_split(chosen, rejected, source)
+        if isinstance(chosen, list) and isinstance(rejected, list):
+            return _implicit_split(_messages(chosen, source, "chosen"), _messages(rejected, source, "rejected"), source)
+        for name, value in (("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(value, (str, list)):
+                raise DataError(source, f"expected a string or a list of messages, got {_type_name(value)}", name)
+        raise DataError(source, "one of chosen/rejected is text and the other a list of messages", "rejected")
+    if isinstance(prompt, str):
+        for name, value in (("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(value, str):
+                raise DataError(source, f"the prompt is text, so expected a string, got {_type_name(value)}", name)
+        return prompt, chosen, rejected
+    if isinstance(prompt, list):
+        msgs = _messages(prompt, source, "prompt")
+        if msgs and msgs[-1]["role"] == "assistant":
+            raise DataError(source, "the last prompt message must not be the assistant's (that is the answer)", "prompt")
+        return msgs, _completion(chosen, source, "chosen"), _completion(rejected, source, "rejected")
+    raise DataError(source, f"expected a string or a list of messages, got {_type_name(prompt)}", "prompt")
+
+
+def _is_empty(part) -> bool:
+    if isinstance(part, str):
+        return not part.strip()
+    return all(not m["content"].strip() for m in part)
+
+
+def _stripped(part):
+    if isinstance(part, str):
+        return part.strip()
+    return [{**m, "content": m["content"].strip()} for m in part]
+
+
+def normalize_record(raw, source: str) -> PreferencePair:
+    """One raw record -> a `PreferencePair`. Raises `DataError` (structure) or `SkipPair`
+    (content; reasons in the module docstring)."""
+    if not isinstance(raw, dict):
+        raise DataError(source, f"expected a JSON object, got {_type_name(raw)}")
+    prompt, chosen, rejected = _parts(raw, source)
+    votes = _votes(raw, source)
+    if isinstance(prompt, list) and not prompt:
+        raise SkipPair("empty prompt")
+    if _is_empty(chosen) or _is_empty(rejected):
+        raise SkipPair("empty completion")
+    if _stripped(chosen) == _stripped(rejected):
+        raise SkipPair("identical chosen and rejected")
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source=source, votes=votes)
+
+
+def load_pairs(
+    path: str | Path, *, split: str | None = None, on_malformed: str = "raise"
+) -> tuple[list[PreferencePair], SkipReport]:
+    """Read and validate a preference data set.
+
+    on_malformed="raise" (default): the first malformed record raises `DataError`.
+    on_malformed="skip": malformed records are counted as skips `malformed: <why>`.
+    Content skips (empty completion, ...) are always counted, never raised."""
+    if on_malformed not in ("raise", "skip"):
+        raise ValueError(f"on_malformed must be 'raise' or 'skip', got {on_malformed!r}")
+    report = SkipReport()
+
+    def count_malformed(err: DataError) -> None:
+        report.add(f"malformed: {err.reason}", err.source)
+
+    on_invalid = count_malformed if on_malformed == "skip" else None
+    pairs = []
+    for source, raw in read_records(path, split, on_invalid=on_invalid):
+        try:
+            pairs.append(normalize_record(raw, source))
+        except SkipPair as skip:
+            report.add(skip.reason, source)
+        except DataError as err:
+            if on_invalid is None:
+                raise
+            count_malformed(err)
+    return pairs, report
+
+
+def _prompt_key(pair: PreferencePair) -> str:
+    return json.dumps(pair.prompt, sort_keys=True) if pair.is_chat else pair.prompt
+
+
+def split_pairs(pairs: list[PreferencePair], eval_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic (train, eval) split, each in input order.
+
+    Pairs that share a prompt go to the same side, so evaluation never scores a prompt the
+    policy was trained on. Whole prompt groups, in a seeded random order, are moved to eval
+    until it holds at least round(eval_fraction * len(pairs)) pairs (at least one when the
+    fraction is > 0 and there are two or more prompt groups; never all of them)."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    groups: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        groups.setdefault(_prompt_key(pair), []).append(i)
+    keys = list(groups)  # first-seen order: deterministic, unlike set/hash order
+    random.Random(seed).shuffle(keys)
+    target = round(eval_fraction * len(pairs))
+    if eval_fraction > 0 and len(keys) > 1:
+        target = max(target, 1)
+    eval_idx: set[int] = set()
+    for key in keys[:-1]:  # the last group always stays in train
+        if len(eval_idx) >= target:
+            break
+        eval_idx.update(groups[key])
+    train = [p for i, p in enumerate(pairs) if i not in eval_idx]
+    evals = [p for i, p in enumerate(pairs) if i in eval_idx]
+    return train, evals

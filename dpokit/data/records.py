@@ -1,0 +1,157 @@
+"""The validated preference record, the error for malformed input, and the skip report.
+
+Every reader and normaliser speaks in terms of a `source` string that names where a record
+came from, so a message can point a user at the exact place to fix:
+
+    pairs.jsonl:12            line 12 of a JSON Lines file (lines count from 1)
+    pairs.json:item 3         element 3 of a JSON array (0-based, as `data[3]`)
+    pairs.parquet:row 3       row 3 of a Parquet file (0-based, as `table[3]`)
+    hh[train]:row 3           row 3 of split `train` of a `datasets` directory `hh`
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# How many example sources a report keeps per reason: enough to find the records, short
+# enough to print.
+MAX_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One validated preference pair.
+
+    Either all three parts are text (`str`), or all three are chat messages
+    (`list[dict]` with `role` and `content`): then `prompt` holds the messages before the
+    answer and `chosen` / `rejected` the answer message(s), each starting with an assistant
+    message. `votes` = (votes for chosen, votes for rejected) when the record had them.
+    """
+
+    prompt: str | list[dict]
+    chosen: str | list[dict]
+    rejected: str | list[dict]
+    source: str
+    votes: tuple[int, int] | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        """True for chat-message pairs (the chat template is applied when tokenizing)."""
+        return isinstance(self.prompt, list)
+
+
+class DataError(ValueError):
+    """A malformed record or file. The message names the place and the field:
+
+        pairs.jsonl:12: field 'chosen': expected a string or a list of messages, got int
+
+    `reason` is the part after the source (used as the skip reason with
+    `on_malformed="skip"`)."""
+
+    def __init__(self, source: str, reason: str, field: str | None = None):
+        self.source = source
+        self.field = field
+        self.reason = f"field '{field}': {reason}" if field else reason
+        super().__init__(f"{source}: {self.reason}")
+
+
+class SkipPair(Exception):
+    """Raised by per-record steps (normalise, tokenize) when a record is dropped on purpose;
+    the caller counts it in a `SkipReport` under `reason`."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass
+class _Tally:
+    """Counts per reason plus the first few sources of each."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, source: str, n: int = 1) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + n
+        kept = self.examples.setdefault(reason, [])
+        if len(kept) < MAX_EXAMPLES and source not in kept:
+            kept.append(source)
+
+    def merge(self, other: "_Tally") -> None:
+        for reason, n in other.counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + n
+            kept = self.examples.setdefault(reason, [])
+            for src in other.examples.get(reason, []):
+                if len(kept) < MAX_EXAMPLES and src not in kept:
+                    kept.append(src)
+
+    def to_dict(self) -> dict:
+        return {r: {"count": n, "examples": list(self.examples.get(r, []))} for r, n in sorted(self.counts.items())}
+
+    def lines(self) -> list[str]:
+        out = []
+        for reason, n in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            out.append(f"  {n:6d}  {reason}  (e.g. {', '.join(self.examples.get(reason, []))})")
+        return out
+
+
+@dataclass
+class SkipReport:
+    """What happened to records on their way to batches, in two separate tallies:
+
+    * skips (`add`): the record was DROPPED; `total` and `counts` cover these only.
+    * truncations (`add_truncation`): the record was KEPT but shortened; they never count
+      toward `total`. Reasons look like `prompt: kept its end`, `chosen: kept its start`.
+    """
+
+    skipped: _Tally = field(default_factory=_Tally)
+    truncated: _Tally = field(default_factory=_Tally)
+
+    def add(self, reason: str, source: str) -> None:
+        """Count one dropped record."""
+        self.skipped.add(reason, source)
+
+    def add_truncation(self, reason: str, source: str) -> None:
+        """Count one kept-but-shortened part of a record."""
+        self.truncated.add(reason, source)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Skips per reason (truncations not included)."""
+        return dict(self.skipped.counts)
+
+    @property
+    def truncations(self) -> dict[str, int]:
+        """Truncations per reason."""
+        return dict(self.truncated.counts)
+
+    @property
+    def total(self) -> int:
+        """Number of dropped records."""
+        return sum(self.skipped.counts.values())
+
+    def examples(self, reason: str) -> list[str]:
+        """Up to MAX_EXAMPLES sources of records skipped or truncated for `reason`."""
+        return list(self.skipped.examples.get(reason) or self.truncated.examples.get(reason, []))
+
+    def merge(self, other: "SkipReport") -> "SkipReport":
+        """Add `other`'s counts into this report (in place); returns self for chaining."""
+        self.skipped.merge(other.skipped)
+        self.truncated.merge(other.truncated)
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-ready: {"skipped_total", "skipped": {reason: {count, examples}}, "truncated": {...}}."""
+        return {"skipped_total": self.total, "skipped": self.skipped.to_dict(), "truncated": self.truncated.to_dict()}
+
+    def format(self) -> str:
+        """A human summary, e.g. for the console at the start of a run."""
+        if not self.skipped.counts and not self.truncated.counts:
+            return "no records skipped or truncated"
+        parts = []
+        if self.skipped.counts:
+            parts += [f"skipped {self.total} record(s):"] + self.skipped.lines()
+        if self.truncated.counts:
+            n = sum(self.truncated.counts.values())
+            parts += [f"truncated {n} part(s) of kept records:"] + self.truncated.lines()
+        return "\n".join(parts)

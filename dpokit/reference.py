@@ -1,0 +1,291 @@
+"""Reference-model log-probs behind one interface.
+
+Every backend answers `logps(batch) -> (ref_chosen_logps, ref_rejected_logps)`, each (B,)
+float32, summed over completion tokens, without grad, for a collated batch
+(dpokit.data.collate layout). All of them compute through `dpokit.logprobs.batch_logps`, the
+single source of log-probs, so they agree to float round-off:
+
+    FrozenCopyReference        a frozen deep copy (or a separately loaded model)
+    AdapterDisabledReference   the LoRA policy itself with its adapter switched off (no copy)
+    CachedReference            values computed once by `precompute_reference`, kept on disk at
+                               <cache_dir>/reference/<key>.safetensors and reused by later runs
+                               and epochs; the key (`reference_cache_key`) hashes the model
+                               fingerprint, the data fingerprint and the tokenization settings,
+                               so changing any of them computes afresh instead of reusing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from dpokit.data.collate import TokenizedPair, collate_pairs
+from dpokit.logprobs import DEFAULT_CHUNK, batch_logps
+from dpokit.models import new_hasher, is_peft_model
+
+log = logging.getLogger(__name__)
+
+# Bump when the way reference log-probs are computed changes: old cache files then miss.
+CACHE_FORMAT = 1
+_KEY = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class ReferenceBackend(ABC):
+    """Reference log-probs for a [chosen; rejected] batch."""
+
+    @abstractmethod
+    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ref_chosen_logps, ref_rejected_logps), each (B,), summed, no grad."""
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _on(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _eval_pass(model, batch: dict, chunk_size: int, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair log-probs with dropout off and no grad, restoring every module's train/eval flag
+    afterwards (a blanket `train(was_training)` would clobber modules the caller froze)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad(), (context if context is not None else nullcontext()):
+            chosen, rejected, _, _ = batch_logps(
+                model, _on(batch, _model_device(model)), chunk_size=chunk_size
+            ).split_pairs()
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    return chosen, rejected
+
+
+class FrozenCopyReference(ReferenceBackend):
+    """A frozen model: by default a deep copy of `model` (later updates to `model` do not
+    reach it); pass `copy=False` for a separately loaded model that is yours to freeze."""
+
+    def __init__(self, model, *, copy_model: bool = True, chunk_size: int = DEFAULT_CHUNK):
+        self.model = copy.deepcopy(model) if copy_model else model
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self.chunk_size = chunk_size
+
+    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return _eval_pass(self.model, batch, self.chunk_size)
+
+
+class AdapterDisabledReference(ReferenceBackend):
+    """The peft (LoRA) policy with its adapter switched off: the base model, no second copy.
+
+    Dropout is off during the pass and the model's train/eval modes are restored after."""
+
+    def __init__(self, peft_model, *, chunk_size: int = DEFAULT_CHUNK):
+        if not is_peft_model(peft_model):
+            raise TypeError(
+                "AdapterDisabledReference needs a peft model (load with lora.r > 0); "
+                "use FrozenCopyReference for a full model"
+            )
+        self.model = peft_model
+        self.chunk_size = chunk_size
+
+    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return _eval_pass(self.model, batch, self.chunk_size, self.model.disable_adapter())
+
+
+class CachedReference(ReferenceBackend):
+    """Precomputed reference log-probs looked up by `batch["pair_index"]`.
+
+    `reused` says whether they were read from `path` (True) or computed this run (False)."""
+
+    def __init__(
+        self,
+        pair_index: torch.Tensor,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        *,
+        path: Path | None = None,
+        reused: bool = False,
+    ):
+        self.pair_index = pair_index.long().cpu()
+        self.chosen = chosen.float().cpu()
+        self.rejected = rejected.float().cpu()
+        self.path = path
+        self.reused = reused
+        self._row = {int(i): r for r, i in enumerate(self.pair_index.tolist())}
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def covers(self, indices) -> bool:
+        """True if every pair index in `indices` has cached values."""
+        return all(int(i) in self._row for i in indices)
+
+    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        wanted = batch["pair_index"].tolist()
+        missing = [i for i in wanted if i not in self._row]
+        if missing:
+            raise KeyError(
+                f"reference cache {self.path or '(in memory)'} has no log-probs for pair "
+                f"index(es) {missing[:10]}{' ...' if len(missing) > 10 else ''}: it was computed "
+                "for other data; precompute it for this data set"
+            )
+        rows = torch.tensor([self._row[i] for i in wanted], dtype=torch.long)
+        device = batch["input_ids"].device if "input_ids" in batch else torch.device("cpu")
+        return self.chosen[rows].to(device), self.rejected[rows].to(device)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: Path, key: str) -> None:
+        """Write atomically: a temp file in the same directory, then rename over `path`."""
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"pair_index": self.pair_index, "chosen": self.chosen, "rejected": self.rejected}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"key": key, "format": str(CACHE_FORMAT)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self.path = path
+
+    @classmethod
+    def load(cls, path: Path) -> "CachedReference":
+        """Read a cache file written by `save`."""
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        return cls(t["pair_index"], t["chosen"], t["rejected"], path=path, reused=True)
+
+
+def reference_cache_path(cache_dir: str | os.PathLike, key: str) -> Path:
+    """`<cache_dir>/reference/<key>.safetensors`; the key must be a plain file name."""
+    if not _KEY.match(key):
+        raise ValueError(f"reference cache key {key!r} must match {_KEY.pattern}")
+    return Path(cache_dir) / "reference" / f"{key}.safetensors"
+
+
+def data_fingerprint(tokenized_pairs: list[TokenizedPair]) -> str:
+    """Hex hash of every pair's index and token ids (prompt, chosen, rejected).
+
+    Independent of list order (the cache is keyed by pair index, so a shuffled list is the
+    same data); duplicate indices are an error since the cache could not tell them apart."""
+    hasher = new_hasher()
+    seen: set[int] = set()
+    for pair in sorted(tokenized_pairs, key=lambda p: p.index):
+        if pair.index in seen:
+            raise ValueError(f"duplicate pair index {pair.index} in tokenized pairs")
+        seen.add(pair.index)
+        # Lengths first so that moving a token between fields changes the hash.
+        parts = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)
+        header = [pair.index, *(len(p) for p in parts)]
+        hasher.update(torch.tensor(header + [t for p in parts for t in p], dtype=torch.int64).numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def reference_cache_key(
+    model_fp: str, data_fp: str, tokenize_settings: dict, extra: dict | None = None
+) -> str:
+    """A file-name-safe key from everything the cached values depend on.
+
+    `tokenize_settings`: e.g. max_length, max_prompt_length, truncation mode, chat template.
+    `extra`: anything else that changes the numbers (compute dtype, autocast, logprob mode)."""
+    payload = {
+        "format": CACHE_FORMAT,
+        "model": model_fp,
+        "data": data_fp,
+        "tokenize": tokenize_settings,
+        "extra": extra or {},
+    }
+    hasher = new_hasher()
+    hasher.update(json.dumps(payload, sort_keys=True, default=str).encode())
+    return hasher.hexdigest()
+
+
+class _LiveReference(ReferenceBackend):
+    """A model used as is (no copy, no freezing): for one-off precomputation only."""
+
+    def __init__(self, model, chunk_size: int = DEFAULT_CHUNK):
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return _eval_pass(self.model, batch, self.chunk_size)
+
+
+def _backend_for(model) -> ReferenceBackend:
+    """How to compute reference values with `model` without copying or freezing it."""
+    if isinstance(model, ReferenceBackend):
+        return model
+    if is_peft_model(model):
+        return AdapterDisabledReference(model)
+    return _LiveReference(model)
+
+
+def _compute(backend: ReferenceBackend, pairs: list[TokenizedPair], pad_id: int, batch_size: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    # Longest first, in batches of similar length: less padding, and an out-of-memory error
+    # (if any) shows up in the first batch rather than at the end.
+    order = sorted(pairs, key=lambda p: -(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))))
+    index, chosen, rejected = [], [], []
+    with tqdm(total=len(order), desc="reference log-probs", unit="pair", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            batch = collate_pairs(order[start : start + batch_size], pad_id)
+            c, r = backend.logps(batch)
+            index.append(batch["pair_index"])
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+            bar.update(len(batch["pair_index"]))
+    if not index:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0)
+    return torch.cat(index), torch.cat(chosen), torch.cat(rejected)
+
+
+def precompute_reference(
+    model,
+    tokenized_pairs: list[TokenizedPair],
+    pad_id: int,
+    *,
+    cache_dir: str | os.PathLike,
+    key: str,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> CachedReference:
+    """Reference log-probs for every pair, computed once and persisted under `key`.
+
+    If `<cache_dir>/reference/<key>.safetensors` exists and covers all pairs it is loaded
+    (`.reused` is True); otherwise the values are computed and written atomically. `model` is
+    a plain model (used in eval mode, no grad, modes restored), a peft model (its adapter is
+    disabled: the reference is the base model, as `model_fingerprint` assumes) or any
+    ReferenceBackend. Logs at INFO whether the cache was reused or computed."""
+    path = reference_cache_path(cache_dir, key)
+    wanted = {p.index for p in tokenized_pairs}
+    if path.exists():
+        try:
+            cached = CachedReference.load(path)
+        except Exception as err:  # a corrupt file is recomputed, never trusted
+            log.warning("reference cache %s unreadable (%s); recomputing", path, err)
+        else:
+            if cached.covers(wanted):
+                log.info("reference cache reused: %s (%d pairs)", path, len(cached))
+                return cached
+            log.warning("reference cache %s lacks some pairs; recomputing", path)
+    index, chosen, rejected = _compute(_backend_for(model), tokenized_pairs, pad_id, batch_size, progress)
+    cached = CachedReference(index, chosen, rejected, reused=False)
+    cached.save(path, key)
+    log.info("reference cache computed: %s (%d pairs)", path, len(cached))
+    return cached

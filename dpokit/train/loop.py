@@ -1,0 +1,218 @@
+"""The training loop shared by SFT and every pairwise loss.
+
+Order of pairs: epoch e uses a permutation seeded by (seed, e); optimizer step s takes the
+next `batch_size × grad_accum` pairs of it. The data position is therefore a function of the
+step alone, which is what makes `resume` reproduce the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dpokit.config import TrainConfig, save_config
+from dpokit.data.collate import resolve_pad_id
+from dpokit.train import checkpoint as ckpt
+from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm
+from dpokit.train.optim import build_optimizer, build_scheduler
+from dpokit.train.prepare import PreparedData, build_reference, prepare_data
+from dpokit.train.step import pairwise_step, processed_tokens, sft_step
+
+
+@dataclass
+class TrainResult:
+    model: object
+    tokenizer: object
+    run_dir: Path
+    final_dir: Path
+    summary: dict
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class StepOrder:
+    """Which pairs optimizer step `s` uses (see module docstring)."""
+
+    def __init__(self, n_items: int, pairs_per_step: int, seed: int) -> None:
+        self.n, self.per_step, self.seed = n_items, pairs_per_step, seed
+        self.steps_per_epoch = math.ceil(n_items / pairs_per_step)
+        self._perm_epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+        return self._perm[k * self.per_step : (k + 1) * self.per_step]
+
+
+def total_steps(cfg: TrainConfig, order: StepOrder) -> int:
+    return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * order.steps_per_epoch))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, model=None, tokenizer=None, data: PreparedData | None = None, log=print):
+        self.cfg, self.log = cfg, log
+        seed_everything(cfg.seed)
+        self.run_dir = Path(cfg.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        if model is None:
+            from dpokit.models import LoraSettings, load_model
+
+            lora = LoraSettings(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, tuple(cfg.lora.target_modules))
+            model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, lora=lora)
+        self.model, self.tokenizer = model, tokenizer
+        self.pad_id = resolve_pad_id(tokenizer)
+        self.data = data or prepare_data(cfg, tokenizer, log)
+        (self.run_dir / "data_report.json").write_text(json.dumps(self.data.report, indent=2))
+        self.pairwise = cfg.objective == "dpo"
+        self.ref_train = self.ref_eval = None
+        if self.pairwise:
+            self.ref_train, self.ref_eval = build_reference(cfg, model, self.data, self.pad_id, log)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.order = StepOrder(len(self.data.train), cfg.batch_size * cfg.grad_accum, cfg.seed)
+        self.total_steps = total_steps(cfg, self.order)
+        self.optimizer = build_optimizer(model.parameters(), cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.step, self.skipped_steps = 0, 0
+
+    # -- one optimizer step -------------------------------------------------------------
+    def _loss(self, items, reference, votes):
+        if self.pairwise:
+            return pairwise_step(self.model, reference, items, self.pad_id, self.cfg, votes=votes)
+        return sft_step(self.model, items, self.pad_id, self.cfg)
+
+    def train_step(self, step: int) -> dict:
+        cfg = self.cfg
+        items = [self.data.train[i] for i in self.order.indices(step)]
+        start = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums, finite = MetricSums(), True
+        for m in range(0, len(items), cfg.batch_size):
+            micro = items[m : m + cfg.batch_size]
+            losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes)
+            if not torch.isfinite(losses).all():
+                finite = False
+                break
+            # Sum over the micro-batch / pairs in the step: accumulation k×b equals one batch of k·b.
+            (losses.sum() / len(items)).backward()
+            sums.sums = {k: sums.sums.get(k, 0.0) + v for k, v in micro_sums.sums.items()}
+            sums.pairs += micro_sums.pairs
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = grad_norm(params) if finite else float("nan")
+        if finite and math.isfinite(norm):
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            self.optimizer.step()
+        else:
+            # NaN/inf: the update is dropped, counted and reported; weights stay as they were.
+            self.skipped_steps += 1
+            self.log(f"step {step + 1}: non-finite loss or gradient, update skipped ({self.skipped_steps} so far)")
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        record = {"step": step + 1, "split": "train", **sums.means(), "lr": lr, "grad_norm": norm}
+        record["tokens_per_s"] = processed_tokens(items, cfg, pairs=self.pairwise) / elapsed
+        record["pairs_per_s"] = len(items) / elapsed
+        record["skipped"] = not (finite and math.isfinite(norm))
+        return record
+
+    # -- evaluation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict | None:
+        if not self.data.eval:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        sums = MetricSums()
+        for m in range(0, len(self.data.eval), self.cfg.batch_size):
+            micro = self.data.eval[m : m + self.cfg.batch_size]
+            losses, micro_sums = self._loss(micro, self.ref_eval, self.data.eval_votes)
+            sums.sums = {k: sums.sums.get(k, 0.0) + v for k, v in micro_sums.sums.items()}
+            sums.pairs += micro_sums.pairs
+        self.model.train(was_training)
+        return {"step": step, "split": "eval", **sums.means()}
+
+    # -- the run ------------------------------------------------------------------------
+    def resume_from(self, resume) -> int:
+        path = Path(resume) if isinstance(resume, (str, Path)) and resume not in ("", "latest") else None
+        if path is None:
+            found = ckpt.list_checkpoints(self.run_dir)
+            if not found:
+                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
+            path = found[-1]
+        state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        if state.get("train_pairs") != len(self.data.train):
+            raise ValueError(f"{path}: checkpoint was made on {state.get('train_pairs')} train pairs, data now has {len(self.data.train)}")
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.log(f"resumed from {path} at step {state['step']}")
+        return int(state["step"])
+
+    def save(self, step: int) -> None:
+        state = {"skipped_steps": self.skipped_steps, "train_pairs": len(self.data.train), "total_steps": self.total_steps}
+        ckpt.save_checkpoint(
+            self.run_dir, step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+            scheduler=self.scheduler, state=state, cfg=self.cfg,
+        )
+        ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+
+    def fit(self, resume=None) -> TrainResult:
+        cfg = self.cfg
+        start = self.resume_from(resume) if resume else 0
+        writer = MetricsWriter(self.run_dir, resume_step=start if resume else None)
+        bar = tqdm(total=self.total_steps, initial=start, desc=cfg.objective, disable=not cfg.progress, dynamic_ncols=True)
+        last_train, last_eval, began = {}, None, time.time()
+        for step in range(start, self.total_steps):
+            record = self.train_step(step)
+            last_train = record
+            if cfg.log_every and ((step + 1) % cfg.log_every == 0 or step + 1 == self.total_steps):
+                writer.write(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('rewards/accuracies', float('nan')):.2f}")
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < self.total_steps:
+                last_eval = self.evaluate(step + 1)
+                if last_eval:
+                    writer.write(last_eval)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps:
+                self.save(step + 1)
+        bar.close()
+        last_eval = self.evaluate(self.total_steps) or last_eval
+        if last_eval:
+            writer.write(last_eval)
+        writer.close()
+        return self._finish(last_train, last_eval, time.time() - began)
+
+    def _finish(self, last_train: dict, last_eval: dict | None, elapsed: float) -> TrainResult:
+        summary = {
+            "objective": self.cfg.objective, "loss": self.cfg.loss, "beta": self.cfg.beta,
+            "steps": self.total_steps, "skipped_steps": self.skipped_steps,
+            "train_last": last_train, "eval": last_eval, "data": self.data.report, "train_seconds": elapsed,
+        }
+        if self.skipped_steps:
+            self.log(f"warning: {self.skipped_steps} step(s) skipped for non-finite loss/gradient")
+        text = json.dumps(summary, indent=2, default=float)
+        (self.run_dir / "train_summary.json").write_text(text)
+        final = ckpt.save_final_model(self.model, self.tokenizer, self.run_dir / "final", self.cfg, {"train_summary.json": text})
+        self.log(f"saved {final}")
+        return TrainResult(self.model, self.tokenizer, self.run_dir, final, summary)
+
+
+def train(cfg: TrainConfig, *, resume=None, model=None, tokenizer=None, data=None, log=print) -> TrainResult:
+    """Run SFT or a pairwise objective end to end; returns the trained model and summary."""
+    return Trainer(cfg, model=model, tokenizer=tokenizer, data=data, log=log).fit(resume=resume)

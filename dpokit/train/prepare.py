@@ -1,0 +1,102 @@
+"""Everything a run needs before its first step: data (read, validated, split, tokenized)
+and the reference backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dpokit.data.collate import TokenizedPair
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedPair]
+    eval: list[TokenizedPair]
+    train_votes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    eval_votes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    report: dict = field(default_factory=dict)  # counts of skips / truncations per stage
+
+
+def tokenize_settings(cfg):
+    from dpokit.data.tokenize import TokenizeSettings
+
+    return TokenizeSettings(
+        max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, prompt_overflow=cfg.prompt_overflow
+    )
+
+
+def _votes(pairs) -> dict[int, tuple[int, int]]:
+    return {i: tuple(p.votes) for i, p in enumerate(pairs) if getattr(p, "votes", None)}
+
+
+def prepare_data(cfg, tokenizer, log=print) -> PreparedData:
+    """Read `cfg.data` (and `cfg.eval_data`), validate, split, tokenize; print and return
+    the skip counts (nothing is dropped silently)."""
+    from dpokit.data.normalize import load_pairs, split_pairs
+    from dpokit.data.tokenize import tokenize_pairs
+
+    pairs, load_report = load_pairs(cfg.data, split=cfg.split, on_malformed=cfg.on_malformed)
+    if cfg.eval_data:
+        train_pairs = pairs
+        eval_pairs, eval_load_report = load_pairs(cfg.eval_data, on_malformed=cfg.on_malformed)
+        load_report.merge(eval_load_report)
+    elif cfg.eval_fraction > 0:
+        train_pairs, eval_pairs = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
+    else:
+        train_pairs, eval_pairs = pairs, []
+    settings = tokenize_settings(cfg)
+    train, train_report = tokenize_pairs(train_pairs, tokenizer, settings)
+    evals, eval_report = tokenize_pairs(eval_pairs, tokenizer, settings)
+    if not train:
+        raise ValueError(f"{cfg.data}: no usable pairs left after validation\n{load_report.format()}\n{train_report.format()}")
+    report = {
+        "records_read": len(pairs) + load_report.total,
+        "loading": load_report.to_dict(),
+        "tokenizing_train": train_report.to_dict(),
+        "tokenizing_eval": eval_report.to_dict(),
+        "train_pairs": len(train),
+        "eval_pairs": len(evals),
+    }
+    log(f"data: {len(train)} train / {len(evals)} eval pairs from {cfg.data}")
+    for title, rep in (("loading", load_report), ("tokenizing train", train_report), ("tokenizing eval", eval_report)):
+        if rep.total or getattr(rep, "counts", None):
+            log(f"data ({title}): {rep.format()}")
+    return PreparedData(train, evals, _votes(train_pairs), _votes(eval_pairs), report)
+
+
+def build_reference(cfg, model, data: PreparedData, pad_id: int, log=print):
+    """(train reference, eval reference) for pairwise objectives.
+
+    `cached`: log-probs of the reference computed once and kept on disk, keyed by reference
+    weights + data + tokenization; when the reference is the starting model they are taken
+    from the policy before its first update, so no second copy of the model ever exists.
+    `copy`: a frozen copy. `adapter`: the same LoRA model with its adapter switched off."""
+    from dpokit import reference as ref
+
+    if cfg.reference == "adapter":
+        backend = ref.AdapterDisabledReference(model)
+        return backend, backend
+    ref_model = model
+    if cfg.ref_model:
+        from dpokit.models import load_model
+
+        ref_model, _ = load_model(cfg.ref_model, dtype=cfg.dtype)
+    if cfg.reference == "copy":
+        backend = ref.FrozenCopyReference(ref_model)
+        return backend, backend
+    from dpokit.models import default_cache_dir, model_fingerprint
+
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    model_fp = model_fingerprint(ref_model)
+    settings = tokenize_settings(cfg).to_dict()
+    out = []
+    for split, items in (("train", data.train), ("eval", data.eval)):
+        if not items:
+            out.append(None)
+            continue
+        key = ref.reference_cache_key(model_fp, ref.data_fingerprint(items), settings, {"dtype": cfg.dtype})
+        out.append(ref.precompute_reference(ref_model, items, pad_id, cache_dir=cache_dir, key=key, progress=cfg.progress))
+    if ref_model is not model:
+        del ref_model
+    return out[0], out[1]

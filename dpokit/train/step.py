@@ -1,0 +1,98 @@
+"""One micro-batch: policy log-probs → reference log-probs → loss → metric sums.
+
+This is the only place where the objectives meet the model; the loop around it only handles
+order, accumulation, optimizer, logging and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from dpokit.data.collate import TokenizedPair, collate_pairs
+from dpokit.logprobs import batch_logps
+from dpokit.losses import get_loss, nll_loss
+from dpokit.train.metrics import MetricSums
+
+
+def autocast_context(cfg):
+    if cfg.autocast_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def policy_pair_logps(model, items: list[TokenizedPair], pad_id: int, cfg):
+    """(chosen_logps, rejected_logps, chosen_counts, rejected_counts) of the policy, each (B,).
+
+    With `packing` the prompt is encoded once per pair ([prompt|chosen|rejected] with a block
+    mask, dpokit.packing); otherwise the padded [chosen; rejected] batch. Both are tested to
+    give the same numbers."""
+    if cfg.packing:
+        from dpokit.packing import pack_pairs, packed_pair_logps
+
+        dtype = next(model.parameters()).dtype
+        return packed_pair_logps(model, pack_pairs(items, pad_id, mask_dtype=dtype), chunk_size=cfg.chunk_size)
+    out = batch_logps(model, collate_pairs(items, pad_id), chunk_size=cfg.chunk_size)
+    return out.split_pairs()
+
+
+def processed_tokens(items: list[TokenizedPair], cfg, *, pairs: bool = True) -> int:
+    """Tokens the policy forward actually reads (prompt once per pair when packing)."""
+    total = 0
+    for p in items:
+        prompt, c, r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
+        if not pairs:
+            total += prompt + c
+        elif cfg.packing:
+            total += prompt + c + r
+        else:
+            total += 2 * prompt + c + r
+    return total
+
+
+def target_probs(items: list[TokenizedPair], votes: dict[int, tuple[int, int]] | None) -> torch.Tensor:
+    """q = P(chosen ≻ rejected) from annotator votes (1 where a pair has none)."""
+    qs = []
+    for p in items:
+        v = (votes or {}).get(p.index)
+        qs.append(1.0 if not v or sum(v) == 0 else v[0] / (v[0] + v[1]))
+    return torch.tensor(qs, dtype=torch.float32)
+
+
+def pairwise_step(model, reference, items, pad_id, cfg, *, votes=None) -> tuple[torch.Tensor, MetricSums]:
+    """Unreduced per-pair losses (B,) with gradients, plus this micro-batch's metric sums."""
+    spec = get_loss(cfg.loss)
+    with autocast_context(cfg):
+        pc, pr, nc, nr = policy_pair_logps(model, items, pad_id, cfg)
+    with torch.no_grad():
+        batch = {"pair_index": torch.tensor([p.index for p in items], dtype=torch.long)}
+        if getattr(reference, "needs_tokens", True):
+            batch = collate_pairs(items, pad_id)
+        rc, rr = reference.logps(batch)
+    average = spec.average_logps if cfg.average_logps is None else cfg.average_logps
+    if average:  # per-token mean log-probs in h (IPO's default)
+        pc_h, pr_h, rc_h, rr_h = pc / nc, pr / nr, rc / nc, rr / nr
+    else:
+        pc_h, pr_h, rc_h, rr_h = pc, pr, rc, rr
+    kwargs = {"beta": cfg.beta}
+    if "label_smoothing" in spec.extra:
+        kwargs["label_smoothing"] = cfg.label_smoothing
+    if "target_prob" in spec.extra:
+        kwargs["target_prob"] = target_probs(items, votes)
+    losses, chosen_rewards, rejected_rewards = spec.fn(pc_h, pr_h, rc_h, rr_h, **kwargs)
+    if cfg.rpo_alpha:  # RPO: keep the chosen likelihood up (design.md §2)
+        losses = losses + cfg.rpo_alpha * nll_loss(pc, nc)
+    sums = MetricSums()
+    sums.add_pairs(losses, chosen_rewards, rejected_rewards, pc.detach(), pr.detach())
+    return losses, sums
+
+
+def sft_step(model, items, pad_id, cfg) -> tuple[torch.Tensor, MetricSums]:
+    """Preferred-FT: per-token NLL of the chosen completion, per pair (B,)."""
+    with autocast_context(cfg):
+        out = batch_logps(model, collate_pairs(items, pad_id, include_rejected=False), chunk_size=cfg.chunk_size)
+    losses = nll_loss(out.logps, out.counts)
+    sums = MetricSums()
+    sums.add_pairs(losses, chosen_logps=out.logps.detach())
+    return losses, sums
