@@ -207,7 +207,7 @@ def reference_cache_key(
         "format": CACHE_FORMAT,
         "model": model_fp,
         "data": data_fp,
-        "tokenize": tokenize_settings,
+        
         "extra": extra or {},
     }
     hasher = new_hasher()

@@ -32,7 +32,7 @@ def _loads(text: str, source: str, on_invalid: OnInvalid):
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        err = DataError(source, f"invalid JSON ({exc.msg} at column {exc.colno})")
+        err = DataError(source, "invalid JSON", detail=f"{exc.msg} at column {exc.colno}")
         if on_invalid is None:
             raise err from None
         on_invalid(err)
@@ -48,7 +48,7 @@ def read_jsonl(path: str | Path, *, on_invalid: OnInvalid = None) -> Iterator[tu
             if not line.strip():
                 continue
             source = f"{path.name}:{lineno}"
-            raw = _loads(line, source, on_invalid)
+            raw = _loads(line.rstrip(), source, on_invalid)
             if raw is not None:
                 yield source, raw
 
@@ -65,7 +65,7 @@ def read_json(path: str | Path, *, on_invalid: OnInvalid = None) -> Iterator[tup
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         # A broken array cannot be read past the error, so this always raises.
-        raise DataError(f"{path.name}:{exc.lineno}", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{path.name}:{exc.lineno}", "invalid JSON", detail=f"{exc.msg} at column {exc.colno}") from None
     for i, raw in enumerate(data):
         yield f"{path.name}:item {i}", raw
 

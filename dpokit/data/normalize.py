@@ -88,7 +88,7 @@ def _votes(raw: dict, source: str) -> tuple[int, int] | None:
     else:
         return None
     if not all(isinstance(x, Integral) and not isinstance(x, bool) and x >= 0 for x in v):
-        raise DataError(source, f"votes must be non-negative integers, got {list(v)}", field)
+        raise DataError(source, "votes must be non-negative integers", field, detail=f"got {list(v)}")
     if v[0] + v[1] == 0:
         raise DataError(source, "votes are both zero: no preference to learn", field)
     return int(v[0]), int(v[1])
@@ -129,22 +129,22 @@ def _implicit_split(chosen: list[dict], rejected: list[dict], source: str) -> tu
 def _parts(raw: dict, source: str) -> tuple:
     """(prompt, chosen, rejected) with the record's shape resolved; DataError if malformed."""
     for name in ("chosen", "rejected"):
-        if raw.get(name) is None:
+        value = raw.get(name)
+        if value is None:
             raise DataError(source, "missing", name)
+        if not isinstance(value, (str, list)):
+            raise DataError(source, f"expected a string or a list of messages, got {_type_name(value)}", name)
     prompt, chosen, rejected = raw.get("prompt"), raw["chosen"], raw["rejected"]
     if prompt is None:  # implicit prompt: HH text or full conversations
         if isinstance(chosen, str) and isinstance(rejected, str):
             return _hh_split(chosen, rejected, source)
         if isinstance(chosen, list) and isinstance(rejected, list):
             return _implicit_split(_messages(chosen, source, "chosen"), _messages(rejected, source, "rejected"), source)
-        for name, value in (("chosen", chosen), ("rejected", rejected)):
-            if not isinstance(value, (str, list)):
-                raise DataError(source, f"expected a string or a list of messages, got {_type_name(value)}", name)
         raise DataError(source, "one of chosen/rejected is text and the other a list of messages", "rejected")
     if isinstance(prompt, str):
         for name, value in (("chosen", chosen), ("rejected", rejected)):
             if not isinstance(value, str):
-                raise DataError(source, f"the prompt is text, so expected a string, got {_type_name(value)}", name)
+                raise DataError(source, "the prompt is text, so the answer must be text, not a list of messages", name)
         return prompt, chosen, rejected
     if isinstance(prompt, list):
         msgs = _messages(prompt, source, "prompt")

@@ -45,14 +45,15 @@ class DataError(ValueError):
 
         pairs.jsonl:12: field 'chosen': expected a string or a list of messages, got int
 
-    `reason` is the part after the source (used as the skip reason with
-    `on_malformed="skip"`)."""
+    `reason` is the part after the source without `detail` (values that vary from record
+    to record): with `on_malformed="skip"` it is the counted skip reason, so that records
+    broken the same way are counted together."""
 
-    def __init__(self, source: str, reason: str, field: str | None = None):
+    def __init__(self, source: str, reason: str, field: str | None = None, detail: str | None = None):
         self.source = source
         self.field = field
         self.reason = f"field '{field}': {reason}" if field else reason
-        super().__init__(f"{source}: {self.reason}")
+        super().__init__(f"{source}: {self.reason}" + (f" ({detail})" if detail else ""))
 
 
 class SkipPair(Exception):

@@ -1,0 +1,166 @@
+"""The loop: accumulation equals one big batch, resume equals the uninterrupted run,
+NaN steps are skipped and never saved, SFT and DPO move their metrics the right way."""
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpokit.config import TrainConfig
+from dpokit.data.collate import TokenizedPair
+from dpokit.testing import tiny_model, tiny_tokenizer
+from dpokit.train import checkpoint as ckpt
+from dpokit.train.loop import StepOrder, Trainer
+from dpokit.train.metrics import read_metrics
+from dpokit.train.prepare import PreparedData
+
+
+def tiny_pairs(n: int, seed: int = 0) -> list[TokenizedPair]:
+    rng = random.Random(seed)
+    items = []
+    for i in range(n):
+        prompt = [rng.randrange(0, 256) for _ in range(rng.randint(2, 6))]
+        chosen = [rng.randrange(0, 128) for _ in range(rng.randint(1, 5))] + [258]
+        rejected = [rng.randrange(128, 256) for _ in range(rng.randint(1, 5))] + [258]
+        items.append(TokenizedPair(prompt, chosen, rejected, i))
+    return items
+
+
+def make_cfg(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(
+        output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), lr=1e-3, schedule="linear",
+        warmup_steps=1, batch_size=4, max_steps=3, progress=False, reference="cached", seed=3, packing=False,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def make_trainer(cfg, n_train=16, n_eval=4, model_seed=0) -> Trainer:
+    data = PreparedData(tiny_pairs(n_train), tiny_pairs(n_eval, seed=99))
+    return Trainer(cfg, model=tiny_model(seed=model_seed), tokenizer=tiny_tokenizer(), data=data, log=lambda *a: None)
+
+
+def weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol), k
+
+
+def test_step_order_covers_each_pair_once_per_epoch():
+    order = StepOrder(10, 4, seed=1)
+    assert order.steps_per_epoch == 3
+    epoch0 = sum((order.indices(s) for s in range(3)), [])
+    epoch1 = sum((order.indices(s) for s in range(3, 6)), [])
+    assert sorted(epoch0) == list(range(10)) == sorted(epoch1)
+    assert epoch0 != epoch1  # reshuffled
+    assert StepOrder(10, 4, seed=1).indices(4) == order.indices(4)  # a function of the step alone
+
+
+def test_dpo_starts_at_ln2(tmp_path):
+    trainer = make_trainer(make_cfg(tmp_path, max_steps=1))
+    record = trainer.train_step(0)
+    assert record["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert record["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_grad_accumulation_equals_one_big_batch(tmp_path):
+    a = make_trainer(make_cfg(tmp_path / "a", batch_size=2, grad_accum=4, max_steps=2))
+    b = make_trainer(make_cfg(tmp_path / "b", batch_size=8, grad_accum=1, max_steps=2))
+    ra = [a.train_step(s) for s in range(2)]
+    rb = [b.train_step(s) for s in range(2)]
+    for x, y in zip(ra, rb):
+        for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "grad_norm"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), key
+    assert ra[1]["loss"] != pytest.approx(ra[0]["loss"])  # the first update did something
+    assert_same_weights(weights(a.model), weights(b.model), atol=1e-6)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_resume_equals_uninterrupted_run(tmp_path, packing):
+    full = make_trainer(make_cfg(tmp_path / "full", max_steps=6, save_every=3, packing=packing))
+    full.fit()
+    full_losses = [r["loss"] for r in read_metrics(full.run_dir / "metrics.jsonl") if r["split"] == "train"]
+    full_weights = weights(full.model)
+
+    # Second run: stop after step 3 (checkpoint), then a fresh process-like trainer resumes.
+    part_cfg = make_cfg(tmp_path / "part", max_steps=6, save_every=3, packing=packing)
+    part = make_trainer(part_cfg)
+    for s in range(3):
+        part.writer_records = part.train_step(s)
+    part.save(3)
+    resumed = make_trainer(part_cfg)  # starts from the initial weights; the checkpoint must win
+    resumed.fit(resume="latest")
+    resumed_losses = [r["loss"] for r in read_metrics(resumed.run_dir / "metrics.jsonl") if r["split"] == "train"]
+    assert resumed_losses == pytest.approx(full_losses[3:], rel=1e-6)
+    assert_same_weights(full_weights, weights(resumed.model), atol=1e-7)
+
+
+def test_nan_step_is_skipped_counted_and_not_saved(tmp_path, monkeypatch):
+    trainer = make_trainer(make_cfg(tmp_path, max_steps=3))
+    real = trainer._loss
+    calls = {"n": 0}
+
+    def flaky(items, reference, votes):
+        losses, sums = real(items, reference, votes)
+        calls["n"] += 1
+        if calls["n"] == 2:  # second optimizer step
+            losses = losses * float("nan")
+        return losses, sums
+
+    monkeypatch.setattr(trainer, "_loss", flaky)
+    trainer.train_step(0)
+    before = weights(trainer.model)
+    record = trainer.train_step(1)
+    assert record["skipped"] and trainer.skipped_steps == 1
+    assert_same_weights(before, weights(trainer.model), atol=0)
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError):
+        trainer.save(2)
+    assert ckpt.list_checkpoints(trainer.run_dir) == []
+    assert not any(p.name.startswith(".") for p in trainer.run_dir.iterdir())
+
+
+def test_checkpoint_write_failure_leaves_nothing(tmp_path):
+    def boom(tmp):
+        (tmp / "partial").write_text("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        ckpt.atomic_directory(tmp_path / "checkpoint-000001", boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dpo_learns_the_preference_and_writes_its_records(tmp_path):
+    cfg = make_cfg(tmp_path, max_steps=12, lr=3e-3, beta=0.5, eval_every=6, schedule="constant", warmup_steps=0)
+    trainer = make_trainer(cfg)
+    result = trainer.fit()
+    records = read_metrics(trainer.run_dir / "metrics.jsonl")
+    train = [r for r in records if r["split"] == "train"]
+    evals = [r for r in records if r["split"] == "eval"]
+    assert len(train) == 12 and len(evals) == 2
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "logps/chosen", "logps/rejected", "lr", "grad_norm", "tokens_per_s"):
+        assert key in train[0]
+    assert train[-1]["loss"] < train[0]["loss"] - 0.1
+    assert train[-1]["rewards/margins"] > 0.5
+    assert (trainer.run_dir / "final" / "model.safetensors").exists()
+    assert any((trainer.run_dir / "tb").iterdir())
+    assert result.summary["skipped_steps"] == 0
+
+
+def test_sft_lowers_nll(tmp_path):
+    cfg = make_cfg(tmp_path, objective="sft", max_steps=10, lr=3e-3, schedule="constant", warmup_steps=0)
+    trainer = make_trainer(cfg)
+    first = trainer.train_step(0)["loss"]
+    for s in range(1, 10):
+        last = trainer.train_step(s)["loss"]
+    assert last < first - 0.5
+    assert trainer.ref_train is None  # SFT needs no reference
