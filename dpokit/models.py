@@ -102,7 +102,8 @@ def _cached_hub_snapshot(repo_id: str) -> Path:
         snapshot = Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
         raise FileNotFoundError(
-            f"model {repo_id!r} is not in the local Hugging Face cache ({cache}). dpokit downloads "
+            f"model {repo_id!r} is not a local directory and not in the local Hugging Face cache "
+            f"({cache}). dpokit downloads "
             "nothing at run time: fetch it beforehand (e.g. `hf download "
             f"{repo_id}`) or pass a local directory."
         ) from err
@@ -227,18 +228,19 @@ def load_model(
 
     torch_dtype = _torch_dtype(dtype)
     path = resolve_model_path(name)
-    tokenizer = load_tokenizer(path)
     adapter_config = path / "adapter_config.json"
     if adapter_config.exists() and not (path / "config.json").exists():
         from peft import PeftModel
 
-        base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        base = AutoModelForCausalLM.from_pretrained(
-            resolve_model_path(base_name), dtype=torch_dtype, attn_implementation="sdpa"
-        )
+        base_path = resolve_model_path(json.loads(adapter_config.read_text())["base_model_name_or_path"])
+        # save_model writes the tokenizer beside the adapter; plain peft saves do not.
+        has_tokenizer = (path / "tokenizer_config.json").exists()
+        tokenizer = load_tokenizer(path if has_tokenizer else base_path)
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, attn_implementation="sdpa")
         trainable = lora is not None and lora.enabled
         model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
     else:
+        tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
         if lora is not None and lora.enabled:
             model = apply_lora(model, lora)

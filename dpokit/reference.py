@@ -192,7 +192,8 @@ def data_fingerprint(tokenized_pairs: list[TokenizedPair]) -> str:
         # Lengths first so that moving a token between fields changes the hash.
         parts = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)
         header = [pair.index, *(len(p) for p in parts)]
-        hasher.update(torch.tensor(header + [t for p in parts for t in p], dtype=torch.int64).numpy().tobytes())
+        ids = torch.tensor(header + [t for p in parts for t in p], dtype=torch.int64)
+        hasher.update(ids.numpy().tobytes())
     return hasher.hexdigest()
 
 
@@ -207,7 +208,7 @@ def reference_cache_key(
         "format": CACHE_FORMAT,
         "model": model_fp,
         "data": data_fp,
-        
+        "tokenize": tokenize_settings,
         "extra": extra or {},
     }
     hasher = new_hasher()
@@ -236,6 +237,7 @@ def _backend_for(model) -> ReferenceBackend:
 
 
 def _compute(backend: ReferenceBackend, pairs: list[TokenizedPair], pad_id: int, batch_size: int, progress: bool):
+    """(pair_index, chosen, rejected) for all pairs, in batches of `batch_size`."""
     from tqdm.auto import tqdm
 
     # Longest first, in batches of similar length: less padding, and an out-of-memory error
@@ -274,6 +276,8 @@ def precompute_reference(
     ReferenceBackend. Logs at INFO whether the cache was reused or computed."""
     path = reference_cache_path(cache_dir, key)
     wanted = {p.index for p in tokenized_pairs}
+    if len(wanted) != len(tokenized_pairs):
+        raise ValueError("tokenized pairs have duplicate indices; the cache is keyed by index")
     if path.exists():
         try:
             cached = CachedReference.load(path)

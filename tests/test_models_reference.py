@@ -4,6 +4,7 @@ The one real-model test (marked slow) converts the bundled GGUF into a temp cach
 
 import copy
 import logging
+import socket
 import time
 
 import pytest
@@ -175,7 +176,8 @@ def test_changed_tokenization_setting_recomputes_not_stale(tmp_path):
     # The key alone also moves with the settings, even if the truncated data were identical.
     fp = data_fingerprint(short_pairs)
     assert reference_cache_key(model_fp, fp, {"a": 1}) != reference_cache_key(model_fp, fp, {"a": 2})
-    assert reference_cache_key(model_fp, fp, {"a": 1}) != reference_cache_key(model_fp, fp, {"a": 1}, {"dtype": "bf16"})
+    with_extra = reference_cache_key(model_fp, fp, {"a": 1}, {"dtype": "bf16"})
+    assert reference_cache_key(model_fp, fp, {"a": 1}) != with_extra
 
 
 def test_cached_reference_missing_index_is_clear_error():
@@ -195,7 +197,8 @@ def test_cache_missing_pairs_recomputes(tmp_path):
 def test_data_fingerprint():
     pairs = _pairs()
     assert data_fingerprint(pairs) == data_fingerprint(pairs[::-1])
-    moved = TokenizedPair(pairs[0].prompt_ids + pairs[0].chosen_ids[:1], pairs[0].chosen_ids[1:], pairs[0].rejected_ids, pairs[0].index)
+    first = pairs[0]  # one token moved from the completion into the prompt
+    moved = TokenizedPair(first.prompt_ids + first.chosen_ids[:1], first.chosen_ids[1:], first.rejected_ids, first.index)
     assert data_fingerprint([moved] + pairs[1:]) != data_fingerprint(pairs)
     reindexed = TokenizedPair(pairs[0].prompt_ids, pairs[0].chosen_ids, pairs[0].rejected_ids, 99)
     assert data_fingerprint([reindexed] + pairs[1:]) != data_fingerprint(pairs)
@@ -249,6 +252,13 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_uncached_hub_id_fails_fast_and_clearly(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise RuntimeError("tried to use the network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache") as err:
         resolve_model_path("someorg/some-model")
@@ -312,7 +322,8 @@ def test_lora_load_and_adapter_round_trip(tmp_path):
     save_model(peft, tok, tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert not (tmp_path / "adapter" / "model.safetensors").exists()  # only the adapter
-    with_peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    plain_base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    with_peft = PeftModel.from_pretrained(plain_base, tmp_path / "adapter")
     torch.testing.assert_close(_direct(with_peft, pairs), want, atol=1e-5, rtol=0)
     ours, _ = load_model(tmp_path / "adapter")
     torch.testing.assert_close(_direct(ours, pairs), want, atol=1e-5, rtol=0)
