@@ -147,6 +147,13 @@ def block_mask(segment: torch.Tensor, branch: torch.Tensor, dtype: torch.dtype =
     return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
+def block_mask_cast(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive float mask in another float dtype, blocked entries at that dtype's minimum
+    (a plain .to() would turn float32's minimum into -inf in bfloat16)."""
+    blocked = mask < 0
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(blocked, torch.finfo(dtype).min)
+
+
 def pack_pairs(
     items: list[TokenizedPair],
     pad_id: int,
@@ -157,6 +164,11 @@ def pack_pairs(
     """Pack pairs into rows of at most `max_tokens_per_row` tokens (first-fit, see
     `plan_microbatches`); None puts every segment in a single row (no padding at all).
     Outputs of `packed_pair_logps` come back in the order of `items` whatever the rows.
+
+    Row budget, measured (SmolLM2-135M, fp32, 1 CPU thread, 8 pairs of ~60/60/43 tokens,
+    forward+backward): plain padded 22.1 s, one row of 1,245 tokens 15.7 s, rows <= 512
+    13.1 s, one pair per row 12.6 s. The masked attention costs T² per row whatever the
+    blocks, so long rows lose; keep the budget near one to a few segments (~512 tokens).
 
     Pass `mask_dtype` = the model's compute dtype (e.g. torch.bfloat16) for half-precision
     models, or torch.bool for a boolean mask (costlier on CPU, see module docstring)."""
@@ -222,9 +234,3 @@ def packed_pair_logps(
     counts = torch.bincount(packed.owner, minlength=2 * B)
     return sums[:B], sums[B:], counts[:B], counts[B:]
 
-
-def block_mask_cast(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An additive float mask in another float dtype, blocked entries at that dtype's minimum
-    (a plain .to() would turn float32's minimum into -inf in bfloat16)."""
-    blocked = mask < 0
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(blocked, torch.finfo(dtype).min)

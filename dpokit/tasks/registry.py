@@ -1,0 +1,67 @@
+"""`dpokit run TASK`: config loading, the --quick preset and sweeps (`beta=0.05,0.1,0.5`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dpokit.config import ConfigError, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+TASKS = ("sentiment",)
+
+
+def _default_config(task: str, quick: bool) -> Path | None:
+    path = CONFIG_DIR / (f"{task}_quick.yaml" if quick else f"{task}.yaml")
+    return path if path.exists() else None
+
+
+def split_sweep(overrides: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """Separate one `key=a,b,c` sweep from plain overrides (lists like
+    lora.target_modules keep their commas)."""
+    plain, sweep_key, values = [], None, []
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        if "," in raw and not key.endswith("target_modules"):
+            if sweep_key is not None:
+                raise ConfigError("only one swept key at a time")
+            sweep_key, values = key, [v.strip() for v in raw.split(",") if v.strip()]
+        else:
+            plain.append(item)
+    return plain, sweep_key, values
+
+
+def run_task(task: str, config: str | None, overrides: list[str], *, quick: bool = False, log=print) -> int:
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    from dpokit.tasks.sentiment import run_sentiment
+    from dpokit.tasks.sentiment_config import SentimentConfig
+
+    path = config or _default_config(task, quick)
+    plain, sweep_key, values = split_sweep(overrides)
+    if sweep_key is None:
+        run_sentiment(load_config(SentimentConfig, path, plain), log=log)
+        return 0
+    base = load_config(SentimentConfig, path, plain)
+    points = []
+    for value in values:
+        out = f"{base.output_dir}/{sweep_key}-{value}"
+        cfg = load_config(SentimentConfig, path, plain + [f"{sweep_key}={value}", f"output_dir={out}"])
+        log(f"=== sweep {sweep_key}={value} → {out}")
+        summary = run_sentiment(cfg, log=log)
+        points.append({"label": f"{sweep_key}={value}", "kl": summary.get("kl"),
+                       "reward_mean": summary["policy"]["reward_mean"], "reward_ci95": summary["policy"]["reward_ci95"],
+                       "win_rate": summary["win_rate"], "run_dir": out})
+    write_sweep(Path(base.output_dir), points, log)
+    return 0
+
+
+def write_sweep(out_dir: Path, points: list[dict], log=print) -> None:
+    from dpokit.report import plot_reward_vs_kl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep_summary.json").write_text(json.dumps(points, indent=2))
+    plot = plot_reward_vs_kl(points, out_dir / "sweep_reward_vs_kl.png")
+    for p in points:
+        log(f"{p['label']}: reward {p['reward_mean']:.3f}, KL {p['kl']:.2f}, win rate {p['win_rate']:.0%}")
+    log(f"sweep plot: {plot}")
