@@ -67,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     # --- engine ----------------------------------------------------------------------
     packing: bool = True  # prompt encoded once per pair ([prompt|chosen|rejected], block mask)
+    pack_tokens: int = 512  # token budget of one packed row (attention cost grows with its square)
     chunk_size: int = 2048  # tokens per output-head chunk
     gradient_checkpointing: bool = False
     # --- evaluation, logging, checkpoints --------------------------------------------

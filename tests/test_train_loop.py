@@ -164,3 +164,29 @@ def test_sft_lowers_nll(tmp_path):
         last = trainer.train_step(s)["loss"]
     assert last < first - 0.5
     assert trainer.ref_train is None  # SFT needs no reference
+
+
+@pytest.mark.parametrize("reference", ["adapter", "cached", "copy"])
+def test_lora_training_saves_a_peft_adapter(tmp_path, reference):
+    from peft import PeftModel
+
+    from dpokit.models import LoraSettings, apply_lora
+
+    cfg = make_cfg(tmp_path, max_steps=3, reference=reference, optimizer="rmsprop", lr=1e-2)
+    cfg.lora.r = 4
+    model = apply_lora(tiny_model(), LoraSettings(r=4, alpha=8))
+    data = PreparedData(tiny_pairs(8), [])
+    trainer = Trainer(cfg, model=model, tokenizer=tiny_tokenizer(), data=data, log=lambda *a: None)
+    first = trainer.train_step(0)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    for s in (1, 2):
+        last = trainer.train_step(s)
+    assert last["rewards/margins"] != pytest.approx(0.0, abs=1e-4)
+    trainer.save(3)
+    adapter_dir = ckpt.list_checkpoints(trainer.run_dir)[-1] / "model"
+    assert (adapter_dir / "adapter_model.safetensors").exists()
+    reloaded = PeftModel.from_pretrained(tiny_model(), adapter_dir)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, trainer.model(ids).logits, atol=1e-5)
