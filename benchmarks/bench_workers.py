@@ -61,16 +61,35 @@ def _timed_steps(run_step, total: int) -> list[float]:
     return times
 
 
-def summarise(times: list[float], warmup: int, batch: int, tokens_per_pair: float) -> dict:
+def step_batches(n_pairs: int, batch: int, seed: int, total_steps: int) -> list[list[int]]:
+    """Pair indices of each optimizer step in dpokit's order (TrainConfig seed, no
+    accumulation). The TRL worker feeds its data in this order with a sequential sampler, so
+    both engines train on identical batches in identical order."""
+    from dpokit.train.loop import StepOrder
+
+    order = StepOrder(n_pairs, batch, seed)
+    return [order.indices(s) for s in range(total_steps)]
+
+
+def step_tokens(items, batches: list[list[int]]) -> list[int]:
+    """Tokens per step, prompt + chosen + rejected once per pair (dpokit's tokenization)."""
+    by_index = {p.index: p for p in items}
+    size = lambda p: len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)  # noqa: E731
+    return [sum(size(by_index[i]) for i in b) for b in batches]
+
+
+def summarise(times: list[float], warmup: int, batches: list[list[int]], tokens: list[int]) -> dict:
     timed = times[warmup:]
     seconds = sum(timed)
-    pairs = batch * len(timed)
+    pairs = sum(len(b) for b in batches[warmup:])
     return {
         "step_seconds": timed,
         "warmup_seconds": times[:warmup],
         "seconds_per_step": seconds / len(timed),
         "pairs_per_s": pairs / seconds,
-        "tokens_per_s": pairs * tokens_per_pair / seconds,
+        "tokens_per_s": sum(tokens[warmup:]) / seconds,
+        "timed_pairs": pairs,
+        "timed_tokens": sum(tokens[warmup:]),
     }
 
 
@@ -107,9 +126,11 @@ def run_dpokit(spec: dict) -> dict:
     precompute = time.perf_counter() - start
     compiled = _maybe_compile(model, spec)
     trainer = Trainer(cfg, model=model, tokenizer=tok, data=data, log=quiet)
-    times = _timed_steps(trainer.train_step, spec["warmup"] + spec["steps"])
+    total = spec["warmup"] + spec["steps"]
+    times = _timed_steps(trainer.train_step, total)
+    batches = [trainer.order.indices(s) for s in range(total)]
+    out = summarise(times, spec["warmup"], batches, step_tokens(items, batches))
     stats = length_stats(items)
-    out = summarise(times, spec["warmup"], spec["batch"], stats["tokens_per_pair"])
     out.update(reference_precompute_s=precompute, data=stats, compiled=compiled, peak_rss_mb=peak_rss_mb())
     out.update(param_counts(model))
     return out
@@ -146,7 +167,13 @@ def run_trl(spec: dict) -> dict:
     path = model_path(spec)
     tok = AutoTokenizer.from_pretrained(path)
     records = bench_records(spec, tok)
-    stats = length_stats(tokenize_records(records, tok))
+    items = tokenize_records(records, tok)
+    total = spec["warmup"] + spec["steps"]
+    batches = step_batches(len(records), spec["batch"], spec["seed"], total)
+    if total * spec["batch"] > len(records):
+        raise ValueError("warmup + steps must fit in one epoch of the data (raise --pairs)")
+    first = [i for b in batches for i in b]  # dpokit's order, read sequentially; then the rest
+    records = [records[i] for i in first] + [r for i, r in enumerate(records) if i not in set(first)]
     stamps: list[float] = []
 
     class StepClock(TrainerCallback):
@@ -160,7 +187,7 @@ def run_trl(spec: dict) -> dict:
         output_dir=str(Path(spec["work_dir"]) / f"trl-{spec['name']}"),
         per_device_train_batch_size=spec["batch"], max_steps=spec["warmup"] + spec["steps"],
         learning_rate=spec["lr"], seed=spec["seed"], report_to="none", save_strategy="no",
-        disable_tqdm=True, use_cpu=True, dataloader_num_workers=0,
+        disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, train_sampling_strategy="sequential",
         bf16=False,  # TRL defaults to bf16 autocast; the comparison is fp32 for everyone
         **spec.get("options", {}),
     )
@@ -172,7 +199,8 @@ def run_trl(spec: dict) -> dict:
     setup = time.perf_counter() - start
     trainer.train()
     times = [b - a for a, b in zip(stamps, stamps[1:])]
-    out = summarise(times, spec["warmup"], spec["batch"], stats["tokens_per_pair"])
+    out = summarise(times, spec["warmup"], batches, step_tokens(items, batches))
+    stats = length_stats(items)
     out.update(reference_precompute_s=sum(precompute), trl_setup_s=setup, data=stats, compiled=False, peak_rss_mb=peak_rss_mb())
     out.update(param_counts(trainer.model))
     return out

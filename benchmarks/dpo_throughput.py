@@ -169,13 +169,13 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps: a smoke run in seconds")
     ap.add_argument("--json", type=Path, help="write the results here")
-    ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per configuration")
+    ap.add_argument("--steps", type=int, help="timed optimizer steps per configuration (default 4; --quick 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     ap.add_argument("--batch", type=int, default=4, help="pairs per optimizer step (no accumulation)")
-    ap.add_argument("--pairs", type=int, default=64, help="pairs in the data set (one epoch, for amortising)")
+    ap.add_argument("--pairs", type=int, help="pairs in the data set, one epoch for amortising (default 64; --quick 16)")
     ap.add_argument("--lengths", type=float, nargs=3, default=(60, 60, 43), metavar=("PROMPT", "CHOSEN", "REJECTED"),
                     help="target mean token lengths of the data set (templated prompt, chosen, rejected)")
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="model alias/path, or 'tiny'")
+    ap.add_argument("--model", help="model alias/path, or 'tiny' (default smollm2-135m-instruct; --quick tiny)")
     ap.add_argument("--configs", nargs="*", choices=list(CONFIGS), help="subset of the four configurations")
     ap.add_argument("--extras", nargs="*", default=[], choices=list(EXTRAS), help="also run these dpokit variants")
     ap.add_argument("--best-options", nargs="*", metavar="KEY=VALUE", help="replace dpokit-best's TrainConfig options")
@@ -187,14 +187,18 @@ def parse_args(argv=None):
     ap.add_argument("--matmul-size", type=int, default=2048)
     ap.add_argument("--matmul-seconds", type=float, default=3.0)
     ap.add_argument("--scaling", action="store_true", help="dpokit pairs/s and memory vs completion length and batch")
-    ap.add_argument("--scale-lengths", type=int, nargs="*", default=[64, 128, 256, 512, 1024], help="completion lengths (chosen = rejected)")
+    ap.add_argument("--scale-lengths", type=int, nargs="*", default=None, help="completion lengths, chosen = rejected (default 64 128 256 512 1024)")
     ap.add_argument("--scale-length-batch", type=int, default=2, help="batch of the length sweep")
-    ap.add_argument("--scale-batches", type=int, nargs="*", default=[1, 2, 4, 8, 16], help="batches of the batch sweep (benchmark data)")
+    ap.add_argument("--scale-batches", type=int, nargs="*", default=None, help="batches of the batch sweep, benchmark data (default 1 2 4 8 16)")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.model, args.steps, args.warmup, args.pairs = "tiny", 2, 1, 16
+    small = args.quick
+    args.model = args.model or ("tiny" if small else "smollm2-135m-instruct")
+    args.steps = args.steps or (2 if small else 4)
+    args.pairs = args.pairs or (16 if small else 64)
+    if small:
         args.matmul_size, args.matmul_seconds = 512, 0.3
-        args.scale_lengths, args.scale_batches = [16, 32], [1, 2]
+    args.scale_lengths = args.scale_lengths or ([16, 32] if small else [64, 128, 256, 512, 1024])
+    args.scale_batches = args.scale_batches or ([1, 2] if small else [1, 2, 4, 8, 16])
     if args.best_options is not None:
         import yaml
 

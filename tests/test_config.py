@@ -12,7 +12,7 @@ def test_overrides_parse_types_and_nesting():
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("beta: 0.3\nlora: {r: 4}\n")
-    cfg = load_config(TrainConfig, path, ["lora.alpha=8", "lr=1e-4"])
+    cfg = load_config(TrainConfig, path, ["lora.alpha=8", "lr=1e-4"])  # YAML reads 1e-4 as a string
     assert (cfg.beta, cfg.lora.r, cfg.lora.alpha, cfg.lr) == (0.3, 4, 8, 1e-4)
 
 

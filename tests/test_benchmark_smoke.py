@@ -1,0 +1,72 @@
+"""Smoke tests of benchmarks/dpo_throughput.py in --quick mode (tiny model, seconds).
+
+Each configuration runs in a subprocess of its own, as in a real benchmark run; these tests
+only check the plumbing and the JSON contract, never the speed."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import dpo_throughput  # noqa: E402
+
+ENTRY_KEYS = ("pairs_per_s", "tokens_per_s", "peak_rss_mb", "ratio_to_trl_defaults")
+POSITIVE = ("pairs_per_s", "tokens_per_s", "peak_rss_mb", "seconds_per_step", "amortised_pairs_per_s",
+            "useful_gflops", "fraction_of_matmul_peak", "reference_precompute_s")
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def _run(tmp_path, *extra) -> dict:
+    out = tmp_path / "bench.json"
+    dpo_throughput.main(["--quick", "--json", str(out), *extra])
+    return json.loads(out.read_text())
+
+
+def test_quick_dpokit_only_writes_documented_json(tmp_path):
+    report = _run(tmp_path, "--no-trl")
+    configs = report["configurations"]
+    assert set(configs) == {"dpokit-defaults", "dpokit-best"}
+    for name, entry in configs.items():
+        assert "error" not in entry, entry.get("error")
+        for key in ENTRY_KEYS:
+            assert key in entry, (name, key)
+        for key in POSITIVE:
+            assert _positive_finite(entry[key]), (name, key, entry[key])
+        assert entry["ratio_to_trl_defaults"] is None  # no TRL row to divide by
+        assert entry["data"]["pairs"] == 16 and entry["steps"] == 2
+    assert _positive_finite(report["matmul"]["gflops_peak"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl not installed (optional bench extra)")
+def test_quick_with_trl_has_ratios(tmp_path):
+    report = _run(tmp_path)
+    configs = report["configurations"]
+    assert set(configs) == {"trl-defaults", "trl-best", "dpokit-defaults", "dpokit-best"}
+    for name, entry in configs.items():
+        assert "error" not in entry, entry.get("error")
+        for key in ENTRY_KEYS + ("ratio_to_trl_best",):
+            assert _positive_finite(entry[key]), (name, key, entry[key])
+    assert configs["trl-defaults"]["ratio_to_trl_defaults"] == pytest.approx(1.0)
+    assert configs["trl-best"]["reference_precompute_s"] > 0  # precompute was timed apart
+    assert configs["trl-defaults"]["reference_precompute_s"] == 0
+
+
+def test_quick_scaling_table(tmp_path):
+    out = tmp_path / "scaling.json"
+    report = dpo_throughput.main(
+        ["--quick", "--scaling", "--scale-lengths", "16", "32", "--scale-batches", "1", "--json", str(out)]
+    )
+    assert [p["x"] for p in report["length_sweep"]] == [16, 32]
+    for point in report["length_sweep"] + report["batch_sweep"]:
+        assert _positive_finite(point["pairs_per_s"]) and _positive_finite(point["peak_rss_mb"]), point
+    assert "| L |" in report["markdown"] and "| batch |" in report["markdown"]
+    assert json.loads(out.read_text())["length_sweep"][0]["x"] == 16
