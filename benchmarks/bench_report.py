@@ -82,8 +82,9 @@ def format_comparison(report: dict) -> str:
         d = any_entry["data"]
         lines.append(
             f"data: {d['pairs']} pairs, mean prompt {d['mean_prompt']:.1f} / chosen {d['mean_chosen']:.1f} / "
-            f"rejected {d['mean_rejected']:.1f} tokens; tokens/s counts prompt + chosen + rejected once per pair "
-            f"({d['tokens_per_pair']:.1f} per pair) for every engine"
+            f"rejected {d['mean_rejected']:.1f} tokens ({d['tokens_per_pair']:.1f} per pair, prompt once); every "
+            "engine trains on the same batches in the same order; tokens/s = prompt + chosen + rejected tokens "
+            "(prompt once per pair) of the timed steps / their time"
         )
         lines.append(
             f"useful FLOPs = 6·N·tokens, N = {any_entry['params_total'] / 1e6:.1f}M (all parameters; "

@@ -101,13 +101,11 @@ def run_scaling(args, run_worker, base_spec) -> dict:
         lengths = _run(length_specs, run_worker, Path(tmp))
         print("scaling: batch", flush=True)
         batches = _run(batch_specs, run_worker, Path(tmp))
-    text = [
-        "",
-        *_table(f"Completion length (prompt {PROMPT_TOKENS}, chosen = rejected = L, batch {b_len})", "L", lengths),
-        "", _growth(lengths, "length"), "",
-        *_table("Batch (benchmark chat pairs)", "batch", batches),
-        "", _growth(batches, "batch"),
-    ]
+    text = [""]
+    if lengths:
+        text += [*_table(f"Completion length (prompt {PROMPT_TOKENS}, chosen = rejected = L, batch {b_len})", "L", lengths), "", _growth(lengths, "length"), ""]
+    if batches:
+        text += [*_table("Batch (benchmark chat pairs)", "batch", batches), "", _growth(batches, "batch")]
     print("\n".join(text))
     strip = lambda pts: [{"x": x, **(r.get("values") or {"error": r.get("error")})} for x, r in pts]  # noqa: E731
     return {"length_sweep": strip(lengths), "batch_sweep": strip(batches), "markdown": "\n".join(text),

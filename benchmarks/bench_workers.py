@@ -20,6 +20,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def current_rss_mb() -> float:
+    """Resident set size now, MB (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def model_path(spec: dict) -> str:
     """Directory of the spec's model: the bundled SmolLM2 alias (or any path), or dpokit's
     tiny test llama + byte tokenizer saved under the work dir (`"model": "tiny"`, --quick),
@@ -107,6 +115,7 @@ def run_dpokit(spec: dict) -> dict:
 
     torch.manual_seed(spec["seed"])
     model, tok = load_model(model_path(spec), dtype="float32")
+    rss_loaded = current_rss_mb()
     pad_id = resolve_pad_id(tok)
     if spec.get("synthetic"):  # scaling mode: exact lengths, content irrelevant
         syn = spec["synthetic"]
@@ -132,6 +141,7 @@ def run_dpokit(spec: dict) -> dict:
     out = summarise(times, spec["warmup"], batches, step_tokens(items, batches))
     stats = length_stats(items)
     out.update(reference_precompute_s=precompute, data=stats, compiled=compiled, peak_rss_mb=peak_rss_mb())
+    out.update(rss_after_model_load_mb=rss_loaded, rss_after_steps_mb=current_rss_mb())
     out.update(param_counts(model))
     return out
 

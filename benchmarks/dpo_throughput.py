@@ -41,12 +41,23 @@ CONFIGS = {
     "trl-defaults": ("trl", {}),
     "dpokit-defaults": ("dpokit", {}),
     "trl-best": ("trl", {"precompute_ref_log_probs": True, "gradient_checkpointing": False}),
-    "dpokit-best": ("dpokit", {"pack_tokens": 256}),
+    # Measured fastest in fp32 on the benchmark data: a row budget that fits two pairs, so
+    # first-fit packing leaves little padding (see README, "What dpokit-best changes").
+    "dpokit-best": ("dpokit", {"pack_tokens": 384}),
 }
 # Optional extras (`--extras`): bf16 autocast and torch.compile, both on dpokit defaults.
 EXTRAS = {
     "dpokit-bf16": ("dpokit", {"autocast_bf16": True}, {}),
     "dpokit-compile": ("dpokit", {}, {"compile": True}),
+}
+
+
+# glibc malloc kept from returning freed memory to the OS between steps (`--malloc-env`): the
+# default thresholds make every step mmap, page-fault and zero its activations afresh.
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # the largest glibc allows: blocks below it come from the heap
+    "MALLOC_TRIM_THRESHOLD_": str(16 << 30),  # never trim the heap top back to the OS
+    "MALLOC_TOP_PAD_": str(1 << 30),
 }
 
 
@@ -65,6 +76,7 @@ def run_worker(spec: dict, log_dir: Path) -> dict:
     result_path.unlink(missing_ok=True)
     code = f"from benchmarks.bench_workers import main; main({str(spec_path)!r}, {str(result_path)!r})"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(spec.pop("env", None) or {})
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -100,12 +112,13 @@ def base_spec(args, name: str, engine: str, options: dict, extra: dict | None = 
     return {
         "name": name, "engine": engine, "options": options, "model": args.model, "batch": args.batch,
         "steps": args.steps, "warmup": args.warmup, "pairs": args.pairs, "lengths": list(args.lengths),
-        "seed": args.seed, "lr": 5e-6, "threads": args.threads, **(extra or {}),
+        "seed": args.seed, "lr": 5e-6, "threads": args.threads, "env": MALLOC_ENV if args.malloc_env else {},
+        **(extra or {}),
     }
 
 
 def selected_configs(args) -> list[tuple[str, str, dict, dict]]:
-    names = args.configs or list(CONFIGS)
+    names = args.configs if args.configs is not None else list(CONFIGS)
     out = []
     for name in names:
         engine, options = CONFIGS[name]
@@ -160,7 +173,7 @@ def compare(args) -> dict:
     report["matmul"] = {"size": args.matmul_size, "gflops_before": peak_before, "gflops_after": peak_after, "gflops_peak": max(peak_before, peak_after)}
     report["bf16_logprobs"] = check
     report["command"] = " ".join([Path(sys.executable).name, *sys.argv])
-    report["settings"] = {k: getattr(args, k) for k in ("model", "batch", "steps", "warmup", "pairs", "lengths", "seed", "rounds", "threads")}
+    report["settings"] = {k: getattr(args, k) for k in ("model", "batch", "steps", "warmup", "pairs", "lengths", "seed", "rounds", "threads", "malloc_env")}
     print(format_comparison(report))
     return report
 
@@ -170,7 +183,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps: a smoke run in seconds")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--steps", type=int, help="timed optimizer steps per configuration (default 4; --quick 2)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before them (the 2nd step is still slow)")
     ap.add_argument("--batch", type=int, default=4, help="pairs per optimizer step (no accumulation)")
     ap.add_argument("--pairs", type=int, help="pairs in the data set, one epoch for amortising (default 64; --quick 16)")
     ap.add_argument("--lengths", type=float, nargs=3, default=(60, 60, 43), metavar=("PROMPT", "CHOSEN", "REJECTED"),
@@ -184,6 +197,7 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=1, help="repeat the alternating cycle (throughput averaged)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--malloc-env", action="store_true", help="run every configuration with glibc malloc tuned (MALLOC_ENV)")
     ap.add_argument("--matmul-size", type=int, default=2048)
     ap.add_argument("--matmul-seconds", type=float, default=3.0)
     ap.add_argument("--scaling", action="store_true", help="dpokit pairs/s and memory vs completion length and batch")
@@ -197,8 +211,11 @@ def parse_args(argv=None):
     args.pairs = args.pairs or (16 if small else 64)
     if small:
         args.matmul_size, args.matmul_seconds = 512, 0.3
-    args.scale_lengths = args.scale_lengths or ([16, 32] if small else [64, 128, 256, 512, 1024])
-    args.scale_batches = args.scale_batches or ([1, 2] if small else [1, 2, 4, 8, 16])
+    # An empty list (`--scale-batches` with no values) skips that sweep.
+    if args.scale_lengths is None:
+        args.scale_lengths = [16, 32] if small else [64, 128, 256, 512, 1024]
+    if args.scale_batches is None:
+        args.scale_batches = [1, 2] if small else [1, 2, 4, 8, 16]
     if args.best_options is not None:
         import yaml
 
