@@ -27,7 +27,7 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
 
 
 def _row_values(r: dict) -> dict:
-    per_pair = r["data"]["tokens_per_pair"]
+    per_pair = r["timed_tokens"] / r["timed_pairs"]  # of the pairs actually timed
     return {
         "tokens_per_pair": per_pair,
         "pairs_per_s": r["pairs_per_s"],

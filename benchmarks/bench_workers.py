@@ -119,7 +119,11 @@ def run_dpokit(spec: dict) -> dict:
     pad_id = resolve_pad_id(tok)
     if spec.get("synthetic"):  # scaling mode: exact lengths, content irrelevant
         syn = spec["synthetic"]
-        items = synthetic_token_pairs(syn["n"], syn["prompt"], syn["chosen"], syn["rejected"], eos=tok.eos_token_id)
+        # Ids must exist in the model's vocabulary (the --quick tiny model has 260).
+        high = min(20000, len(tok))
+        items = synthetic_token_pairs(
+            syn["n"], syn["prompt"], syn["chosen"], syn["rejected"], eos=tok.eos_token_id, low=min(1000, high // 2), high=high
+        )
     else:
         items = tokenize_records(bench_records(spec, tok), tok)
     work = Path(spec["work_dir"])
