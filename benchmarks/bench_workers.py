@@ -107,11 +107,10 @@ def run_dpokit(spec: dict) -> dict:
 
     from benchmarks.bench_data import length_stats, synthetic_token_pairs, tokenize_records
     from dpokit.config import TrainConfig
-    from dpokit.train.loop import Trainer
-    from dpokit.train.prepare import PreparedData, build_reference
-
     from dpokit.data.collate import resolve_pad_id
     from dpokit.models import load_model
+    from dpokit.train.loop import Trainer
+    from dpokit.train.prepare import PreparedData, build_reference
 
     torch.manual_seed(spec["seed"])
     model, tok = load_model(model_path(spec), dtype="float32")
@@ -187,7 +186,8 @@ def run_trl(spec: dict) -> dict:
     if total * spec["batch"] > len(records):
         raise ValueError("warmup + steps must fit in one epoch of the data (raise --pairs)")
     first = [i for b in batches for i in b]  # dpokit's order, read sequentially; then the rest
-    records = [records[i] for i in first] + [r for i, r in enumerate(records) if i not in set(first)]
+    taken = set(first)
+    records = [records[i] for i in first] + [r for i, r in enumerate(records) if i not in taken]
     stamps: list[float] = []
 
     class StepClock(TrainerCallback):

@@ -108,6 +108,8 @@ class CachedReference(ReferenceBackend):
 
     `reused` says whether they were read from `path` (True) or computed this run (False)."""
 
+    needs_tokens = False  # only batch["pair_index"] is read: the trainer skips building the padded batch
+
     def __init__(
         self,
         pair_index: torch.Tensor,
