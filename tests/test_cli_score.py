@@ -2,7 +2,6 @@
 errors."""
 
 import json
-import math
 
 import pytest
 

@@ -1,7 +1,6 @@
 """The loop: accumulation equals one big batch, resume equals the uninterrupted run,
 NaN steps are skipped and never saved, SFT and DPO move their metrics the right way."""
 
-import json
 import math
 import random
 from pathlib import Path
@@ -93,7 +92,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, packing):
     part_cfg = make_cfg(tmp_path / "part", max_steps=6, save_every=3, packing=packing)
     part = make_trainer(part_cfg)
     for s in range(3):
-        part.writer_records = part.train_step(s)
+        part.train_step(s)
     part.save(3)
     resumed = make_trainer(part_cfg)  # starts from the initial weights; the checkpoint must win
     resumed.fit(resume="latest")

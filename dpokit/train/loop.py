@@ -111,13 +111,13 @@ class Trainer:
                 break
             # Sum over the micro-batch / pairs in the step: accumulation k×b equals one batch of k·b.
             (losses.sum() / len(items)).backward()
-            sums.sums = {k: sums.sums.get(k, 0.0) + v for k, v in micro_sums.sums.items()}
-            sums.pairs += micro_sums.pairs
+            sums.merge(micro_sums)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = grad_norm(params) if finite else float("nan")
+        norm = float("nan")
+        if finite:
+            # clip_grad_norm_ returns the pre-clipping norm: no second pass over the gradients.
+            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) if cfg.max_grad_norm > 0 else grad_norm(params)
         if finite and math.isfinite(norm):
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             self.optimizer.step()
         else:
             # NaN/inf: the update is dropped, counted and reported; weights stay as they were.
@@ -144,8 +144,7 @@ class Trainer:
         for m in range(0, len(self.data.eval), self.cfg.batch_size):
             micro = self.data.eval[m : m + self.cfg.batch_size]
             losses, micro_sums = self._loss(micro, self.ref_eval, self.data.eval_votes)
-            sums.sums = {k: sums.sums.get(k, 0.0) + v for k, v in micro_sums.sums.items()}
-            sums.pairs += micro_sums.pairs
+            sums.merge(micro_sums)
         self.model.train(was_training)
         return {"step": step, "split": "eval", **sums.means()}
 

@@ -41,6 +41,11 @@ class MetricSums:
             self.sums[name] = self.sums.get(name, 0.0) + float(tensor.detach().float().sum())
         self.pairs += int(losses.shape[0])
 
+    def merge(self, other: "MetricSums") -> None:
+        for name, value in other.sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.pairs += other.pairs
+
     def means(self) -> dict[str, float]:
         return {k: v / max(self.pairs, 1) for k, v in self.sums.items()}
 

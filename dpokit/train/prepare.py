@@ -99,6 +99,4 @@ def build_reference(cfg, model, data: PreparedData, pad_id: int, log=print):
         backend = ref.precompute_reference(ref_model, items, pad_id, cache_dir=cache_dir, key=key, progress=cfg.progress)
         log(f"reference log-probs ({split}): {'reused from cache' if backend.reused else 'computed and cached'} {backend.path}")
         out.append(backend)
-    if ref_model is not model:
-        del ref_model
     return out[0], out[1]
