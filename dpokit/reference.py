@@ -46,6 +46,10 @@ class ReferenceBackend(ABC):
     def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(ref_chosen_logps, ref_rejected_logps), each (B,), summed, no grad."""
 
+    def pair_logps(self, items: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same for tokenized pairs, in their order (what the trainer calls)."""
+        return self.logps(collate_pairs(items, pad_id))
+
 
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
@@ -55,60 +59,86 @@ def _on(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _eval_pass(model, batch: dict, chunk_size: int, context=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pair log-probs with dropout off and no grad, restoring every module's train/eval flag
-    afterwards (a blanket `train(was_training)` would clobber modules the caller froze)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(), (context if context is not None else nullcontext()):
-            chosen, rejected, _, _ = batch_logps(
-                model, _on(batch, _model_device(model)), chunk_size=chunk_size
-            ).split_pairs()
-    finally:
-        for module, mode in modes:
-            module.training = mode
-    return chosen, rejected
+def _autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-class FrozenCopyReference(ReferenceBackend):
-    """A frozen model: by default a deep copy of `model` (later updates to `model` do not
-    reach it); pass `copy=False` for a separately loaded model that is yours to freeze."""
+class _ModelReference(ReferenceBackend):
+    """A reference computed by a model, with dropout off and no grad, every module's
+    train/eval flag restored afterwards (a blanket `train(was_training)` would clobber
+    modules the caller froze).
 
-    def __init__(self, model, *, copy_model: bool = True, chunk_size: int = DEFAULT_CHUNK):
-        self.model = copy.deepcopy(model) if copy_model else model
+    `pack_tokens`: pairs given as tokens (`pair_logps`) are packed with prefix sharing
+    (dpokit.packing, rows of at most this many tokens; None = padded [chosen; rejected]
+    batches). `autocast_bf16`: compute under bf16 autocast, as a policy trained with it does,
+    so that policy and reference agree at step 0 (h = 0, DPO loss ln 2)."""
+
+    def __init__(self, model, *, chunk_size: int = DEFAULT_CHUNK, pack_tokens: int | None = 512, autocast_bf16: bool = False):
+        self.model, self.chunk_size, self.pack_tokens, self.autocast_bf16 = model, chunk_size, pack_tokens, autocast_bf16
+
+    def _context(self):
+        return nullcontext()
+
+    def _run(self, compute):
+        modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
-        self.model.requires_grad_(False)
-        self.chunk_size = chunk_size
+        try:
+            with torch.no_grad(), self._context(), _autocast(self.autocast_bf16):
+                return compute()
+        finally:
+            for module, mode in modes:
+                module.training = mode
 
     def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return _eval_pass(self.model, batch, self.chunk_size)
+        def compute():
+            out = batch_logps(self.model, _on(batch, _model_device(self.model)), chunk_size=self.chunk_size)
+            return out.split_pairs()[:2]
+
+        return self._run(compute)
+
+    def pair_logps(self, items: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pack_tokens is None:
+            return super().pair_logps(items, pad_id)
+        from dpokit.packing import pack_pairs, packed_pair_logps, segment_length
+
+        def compute():
+            budget = max(self.pack_tokens, max(segment_length(p) for p in items))
+            dtype = next(self.model.parameters()).dtype
+            packed = pack_pairs(items, pad_id, budget, mask_dtype=dtype).to(_model_device(self.model))
+            return packed_pair_logps(self.model, packed, chunk_size=self.chunk_size)[:2]
+
+        return self._run(compute)
 
 
-class AdapterDisabledReference(ReferenceBackend):
-    """The peft (LoRA) policy with its adapter switched off: the base model, no second copy.
+class FrozenCopyReference(_ModelReference):
+    """A frozen model: by default a deep copy of `model` (later updates to `model` do not
+    reach it); pass `copy_model=False` for a separately loaded model that is yours to freeze."""
 
-    Dropout is off during the pass and the model's train/eval modes are restored after."""
+    def __init__(self, model, *, copy_model: bool = True, **options):
+        super().__init__(copy.deepcopy(model) if copy_model else model, **options)
+        self.model.eval()
+        self.model.requires_grad_(False)
 
-    def __init__(self, peft_model, *, chunk_size: int = DEFAULT_CHUNK):
+
+class AdapterDisabledReference(_ModelReference):
+    """The peft (LoRA) policy with its adapter switched off: the base model, no second copy."""
+
+    def __init__(self, peft_model, **options):
         if not is_peft_model(peft_model):
             raise TypeError(
                 "AdapterDisabledReference needs a peft model (load with lora.r > 0); "
                 "use FrozenCopyReference for a full model"
             )
-        self.model = peft_model
-        self.chunk_size = chunk_size
+        super().__init__(peft_model, **options)
 
-    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return _eval_pass(self.model, batch, self.chunk_size, self.model.disable_adapter())
+    def _context(self):
+        return self.model.disable_adapter()
 
 
 class CachedReference(ReferenceBackend):
     """Precomputed reference log-probs looked up by `batch["pair_index"]`.
 
     `reused` says whether they were read from `path` (True) or computed this run (False)."""
-
-    needs_tokens = False  # only batch["pair_index"] is read: the trainer skips building the padded batch
 
     def __init__(
         self,
@@ -145,6 +175,10 @@ class CachedReference(ReferenceBackend):
         rows = torch.tensor([self._row[i] for i in wanted], dtype=torch.long)
         device = batch["input_ids"].device if "input_ids" in batch else torch.device("cpu")
         return self.chosen[rows].to(device), self.rejected[rows].to(device)
+
+    def pair_logps(self, items: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Only the indices are needed: no padded batch is built.
+        return self.logps({"pair_index": torch.tensor([p.index for p in items], dtype=torch.long)})
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -218,24 +252,17 @@ def reference_cache_key(
     return hasher.hexdigest()
 
 
-class _LiveReference(ReferenceBackend):
+class _LiveReference(_ModelReference):
     """A model used as is (no copy, no freezing): for one-off precomputation only."""
 
-    def __init__(self, model, chunk_size: int = DEFAULT_CHUNK):
-        self.model = model
-        self.chunk_size = chunk_size
 
-    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return _eval_pass(self.model, batch, self.chunk_size)
-
-
-def _backend_for(model) -> ReferenceBackend:
+def _backend_for(model, **options) -> ReferenceBackend:
     """How to compute reference values with `model` without copying or freezing it."""
     if isinstance(model, ReferenceBackend):
         return model
     if is_peft_model(model):
-        return AdapterDisabledReference(model)
-    return _LiveReference(model)
+        return AdapterDisabledReference(model, **options)
+    return _LiveReference(model, **options)
 
 
 def _compute(backend: ReferenceBackend, pairs: list[TokenizedPair], pad_id: int, batch_size: int, progress: bool):
@@ -248,12 +275,12 @@ def _compute(backend: ReferenceBackend, pairs: list[TokenizedPair], pad_id: int,
     index, chosen, rejected = [], [], []
     with tqdm(total=len(order), desc="reference log-probs", unit="pair", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
-            batch = collate_pairs(order[start : start + batch_size], pad_id)
-            c, r = backend.logps(batch)
-            index.append(batch["pair_index"])
+            items = order[start : start + batch_size]
+            c, r = backend.pair_logps(items, pad_id)
+            index.append(torch.tensor([p.index for p in items], dtype=torch.long))
             chosen.append(c.float().cpu())
             rejected.append(r.float().cpu())
-            bar.update(len(batch["pair_index"]))
+            bar.update(len(items))
     if not index:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0)
     return torch.cat(index), torch.cat(chosen), torch.cat(rejected)
@@ -268,6 +295,7 @@ def precompute_reference(
     key: str,
     batch_size: int = 8,
     progress: bool = True,
+    **options,
 ) -> CachedReference:
     """Reference log-probs for every pair, computed once and persisted under `key`.
 
@@ -275,7 +303,9 @@ def precompute_reference(
     (`.reused` is True); otherwise the values are computed and written atomically. `model` is
     a plain model (used in eval mode, no grad, modes restored), a peft model (its adapter is
     disabled: the reference is the base model, as `model_fingerprint` assumes) or any
-    ReferenceBackend. Logs at INFO whether the cache was reused or computed."""
+    ReferenceBackend. `options` (chunk_size, pack_tokens, autocast_bf16) go to the model
+    backend (`_ModelReference`); put whatever changes the numbers in `key`. Logs at INFO
+    whether the cache was reused or computed."""
     path = reference_cache_path(cache_dir, key)
     wanted = {p.index for p in tokenized_pairs}
     if len(wanted) != len(tokenized_pairs):
@@ -290,7 +320,7 @@ def precompute_reference(
                 log.info("reference cache reused: %s (%d pairs)", path, len(cached))
                 return cached
             log.warning("reference cache %s lacks some pairs; recomputing", path)
-    index, chosen, rejected = _compute(_backend_for(model), tokenized_pairs, pad_id, batch_size, progress)
+    index, chosen, rejected = _compute(_backend_for(model, **options), tokenized_pairs, pad_id, batch_size, progress)
     cached = CachedReference(index, chosen, rejected, reused=False)
     cached.save(path, key)
     log.info("reference cache computed: %s (%d pairs)", path, len(cached))

@@ -87,7 +87,14 @@ def test_three_backends_agree_and_adapter_disabled_is_base(tmp_path):
     frozen = FrozenCopyReference(base).logps(batch)
     disabled = AdapterDisabledReference(peft).logps(batch)
     cached = precompute_reference(peft, pairs, PAD, cache_dir=tmp_path, key="k", batch_size=4, progress=False)
-    for got_c, got_r in (frozen, disabled, cached.logps(batch)):
+    # The packed path (prefix sharing, the default for tokenized pairs) and the padded one.
+    frozen_packed = FrozenCopyReference(base, pack_tokens=40).pair_logps(pairs, PAD)
+    disabled_padded = AdapterDisabledReference(peft, pack_tokens=None).pair_logps(pairs, PAD)
+    cached_padded = precompute_reference(
+        peft, pairs, PAD, cache_dir=tmp_path, key="padded", batch_size=3, progress=False, pack_tokens=None
+    )
+    answers = (frozen, disabled, cached.logps(batch), frozen_packed, disabled_padded, cached_padded.pair_logps(pairs, PAD))
+    for got_c, got_r in answers:
         assert got_c.shape == got_r.shape == (len(pairs),)
         torch.testing.assert_close(got_c, want_c, atol=1e-5, rtol=0)
         torch.testing.assert_close(got_r, want_r, atol=1e-5, rtol=0)

@@ -16,6 +16,7 @@ from dpokit.data.collate import TokenizedPair, collate_pairs
 from dpokit.logprobs import logps_from_logits, sequence_logps
 from dpokit.packing import (
     PackedBatch,
+    balanced_rows,
     pack_pairs,
     packed_pair_logps,
     plan_microbatches,
@@ -235,6 +236,35 @@ def test_planner_keeps_budget_and_every_pair_once():
     # First-fit fills earlier bins: lengths 6, 6, 3 with budget 10 -> [[6, 3], [6]].
     small = [TokenizedPair([1] * n, [], [], i) for i, n in enumerate((6, 6, 3))]
     assert [[p.index for p in mb] for mb in plan_microbatches(small, 10)] == [[0, 2], [1]]
+
+
+def test_balanced_rows_split_evenly_instead_of_filling_the_first_row():
+    # First-fit would give [504, 168], padded to 2 x 504; balanced rows give [336, 336].
+    assert balanced_rows([168, 168, 168, 168], 512) == [[0, 2], [1, 3]]
+    # Longest first to the shortest row: 9 | 5+4 | 3+3+2 for a budget of 10 and 3 rows.
+    rows = balanced_rows([5, 9, 3, 4, 3, 2], 10)
+    assert sorted(sum([5, 9, 3, 4, 3, 2][i] for i in r) for r in rows) == [8, 9, 9]
+    # A row is added when the even deal overflows: 6, 6, 6 in 10 needs 3 rows, not 2.
+    assert balanced_rows([6, 6, 6], 10) == [[0], [1], [2]]
+    assert balanced_rows([7], 7) == [[0]]
+
+
+def test_balanced_rows_keep_budget_and_every_item_once():
+    rng = random.Random(11)
+    for _ in range(200):
+        lengths = [rng.randint(1, 50) for _ in range(rng.randint(1, 12))]
+        budget = rng.randint(max(lengths), 160)
+        rows = balanced_rows(lengths, budget)
+        assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in r) <= budget for r in rows)
+        assert all(r == sorted(r) for r in rows)
+        assert len(rows) <= len(lengths)
+
+
+def test_pack_pairs_uses_balanced_rows():
+    items = [TokenizedPair([1] * 4, [2] * 3, [3] * 3, i) for i in range(4)]  # 10 tokens each
+    packed = pack_pairs(items, PAD, 32)
+    assert packed.input_ids.shape == (2, 20)  # not (2, 30) as first-fit would pad
 
 
 def test_planner_rejects_oversized_pair():

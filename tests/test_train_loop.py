@@ -69,6 +69,22 @@ def test_dpo_starts_at_ln2(tmp_path):
     assert record["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("reference", ["cached", "copy"])
+def test_bf16_autocast_run_starts_at_ln2(tmp_path, reference):
+    """The reference is computed under the same autocast as the policy (and cached under its
+    own key), so a bf16 run also starts at h = 0; an fp32 reference would not."""
+    trainer = make_trainer(make_cfg(tmp_path, max_steps=1, autocast_bf16=True, reference=reference))
+    record = trainer.train_step(0)
+    assert record["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert record["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    if reference == "cached":
+        fp32 = make_trainer(make_cfg(tmp_path, max_steps=1))
+        assert fp32.ref_train.path != trainer.ref_train.path
+        bf16_ref = torch.cat(trainer.ref_train.logps({"pair_index": torch.arange(8)}))
+        fp32_ref = torch.cat(fp32.ref_train.logps({"pair_index": torch.arange(8)}))
+        assert (bf16_ref - fp32_ref).abs().max() > 1e-3  # the two keys hold different numbers
+
+
 def test_grad_accumulation_equals_one_big_batch(tmp_path):
     a = make_trainer(make_cfg(tmp_path / "a", batch_size=2, grad_accum=4, max_steps=2))
     b = make_trainer(make_cfg(tmp_path / "b", batch_size=8, grad_accum=1, max_steps=2))

@@ -65,6 +65,10 @@ def total_steps(cfg: TrainConfig, order: StepOrder) -> int:
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, model=None, tokenizer=None, data: PreparedData | None = None, log=print):
         self.cfg, self.log = cfg, log
+        if cfg.tune_malloc:
+            from dpokit.runtime import tune_malloc
+
+            tune_malloc()
         seed_everything(cfg.seed)
         self.run_dir = Path(cfg.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -74,8 +74,15 @@ def build_reference(cfg, model, data: PreparedData, pad_id: int, log=print):
     `copy`: a frozen copy. `adapter`: the same LoRA model with its adapter switched off."""
     from dpokit import reference as ref
 
+    # The reference computes as the policy does (packing, head chunks, autocast), so that at
+    # step 0 both give the same numbers and the DPO loss starts at ln 2.
+    options = {
+        "chunk_size": cfg.chunk_size,
+        "pack_tokens": cfg.pack_tokens if cfg.packing else None,
+        "autocast_bf16": cfg.autocast_bf16,
+    }
     if cfg.reference == "adapter":
-        backend = ref.AdapterDisabledReference(model)
+        backend = ref.AdapterDisabledReference(model, **options)
         return backend, backend
     ref_model = model
     if cfg.ref_model:
@@ -83,7 +90,7 @@ def build_reference(cfg, model, data: PreparedData, pad_id: int, log=print):
 
         ref_model, _ = load_model(cfg.ref_model, dtype=cfg.dtype)
     if cfg.reference == "copy":
-        backend = ref.FrozenCopyReference(ref_model)
+        backend = ref.FrozenCopyReference(ref_model, **options)
         return backend, backend
     from dpokit.models import default_cache_dir, model_fingerprint
 
@@ -95,8 +102,11 @@ def build_reference(cfg, model, data: PreparedData, pad_id: int, log=print):
         if not items:
             out.append(None)
             continue
-        key = ref.reference_cache_key(model_fp, ref.data_fingerprint(items), settings, {"dtype": cfg.dtype})
-        backend = ref.precompute_reference(ref_model, items, pad_id, cache_dir=cache_dir, key=key, progress=cfg.progress)
+        extra = {"dtype": cfg.dtype, **({"autocast_bf16": True} if cfg.autocast_bf16 else {})}
+        key = ref.reference_cache_key(model_fp, ref.data_fingerprint(items), settings, extra)
+        backend = ref.precompute_reference(
+            ref_model, items, pad_id, cache_dir=cache_dir, key=key, progress=cfg.progress, **options
+        )
         log(f"reference log-probs ({split}): {'reused from cache' if backend.reused else 'computed and cached'} {backend.path}")
         out.append(backend)
     return out[0], out[1]

@@ -72,11 +72,7 @@ def pairwise_step(model, reference, items, pad_id, cfg, *, votes=None) -> tuple[
     spec = get_loss(cfg.loss)
     with autocast_context(cfg):
         pc, pr, nc, nr = policy_pair_logps(model, items, pad_id, cfg)
-    with torch.no_grad():
-        batch = {"pair_index": torch.tensor([p.index for p in items], dtype=torch.long)}
-        if getattr(reference, "needs_tokens", True):
-            batch = collate_pairs(items, pad_id)
-        rc, rr = reference.logps(batch)
+    rc, rr = reference.pair_logps(items, pad_id)
     average = spec.average_logps if cfg.average_logps is None else cfg.average_logps
     if average:  # per-token mean log-probs in h (IPO's default)
         pc_h, pr_h, rc_h, rr_h = pc / nc, pr / nr, rc / nc, rr / nr
