@@ -71,6 +71,7 @@ class TrainConfig:
     chunk_size: int = 2048  # tokens per output-head chunk
     gradient_checkpointing: bool = False
     tune_malloc: bool = True  # keep freed memory in the process (glibc): +25% steps/s on CPU
+    optimizer_in_backward: bool = False  # update each parameter in backward, free its gradient (needs max_grad_norm 0, grad_accum 1)
     # --- evaluation, logging, checkpoints --------------------------------------------
     eval_every: int = 0  # steps between held-out evaluations; 0 = only at the end
     log_every: int = 1
@@ -231,5 +232,10 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError("batch_size and grad_accum must be ≥ 1")
     if cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError("max_prompt_length must be < max_length")
+    if cfg.optimizer_in_backward and (cfg.max_grad_norm > 0 or cfg.grad_accum > 1):
+        raise ConfigError(
+            "optimizer_in_backward updates each parameter during the backward pass: it cannot clip by "
+            "the global gradient norm or accumulate micro-batches; set max_grad_norm=0 and grad_accum=1"
+        )
     if cfg.reference == "adapter" and cfg.lora.r <= 0:
         raise ConfigError("reference=adapter needs LoRA (lora.r > 0)")

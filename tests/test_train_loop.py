@@ -97,15 +97,15 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
     assert_same_weights(weights(a.model), weights(b.model), atol=1e-6)
 
 
-@pytest.mark.parametrize("packing", [True, False])
-def test_resume_equals_uninterrupted_run(tmp_path, packing):
-    full = make_trainer(make_cfg(tmp_path / "full", max_steps=6, save_every=3, packing=packing))
+@pytest.mark.parametrize("packing,extra", [(True, {}), (False, {}), (True, {"optimizer_in_backward": True, "max_grad_norm": 0.0})])
+def test_resume_equals_uninterrupted_run(tmp_path, packing, extra):
+    full = make_trainer(make_cfg(tmp_path / "full", max_steps=6, save_every=3, packing=packing, **extra))
     full.fit()
     full_losses = [r["loss"] for r in read_metrics(full.run_dir / "metrics.jsonl") if r["split"] == "train"]
     full_weights = weights(full.model)
 
     # Second run: stop after step 3 (checkpoint), then a fresh process-like trainer resumes.
-    part_cfg = make_cfg(tmp_path / "part", max_steps=6, save_every=3, packing=packing)
+    part_cfg = make_cfg(tmp_path / "part", max_steps=6, save_every=3, packing=packing, **extra)
     part = make_trainer(part_cfg)
     for s in range(3):
         part.train_step(s)

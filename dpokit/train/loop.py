@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dpokit.config import TrainConfig, save_config
+from dpokit.config import TrainConfig, save_config, validate_train_config
 from dpokit.data.collate import resolve_pad_id
 from dpokit.train import checkpoint as ckpt
+from dpokit.train.backward_step import BackwardStepper
 from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.prepare import PreparedData, build_reference, prepare_data
@@ -64,6 +65,7 @@ def total_steps(cfg: TrainConfig, order: StepOrder) -> int:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, model=None, tokenizer=None, data: PreparedData | None = None, log=print):
+        validate_train_config(cfg)
         self.cfg, self.log = cfg, log
         if cfg.tune_malloc:
             from dpokit.runtime import tune_malloc
@@ -87,11 +89,14 @@ class Trainer:
         if self.pairwise:
             self.ref_train, self.ref_eval = build_reference(cfg, model, self.data, self.pad_id, log)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # Non-reentrant: works with frozen inputs and with the per-parameter hooks below.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.order = StepOrder(len(self.data.train), cfg.batch_size * cfg.grad_accum, cfg.seed)
         self.total_steps = total_steps(cfg, self.order)
         self.optimizer = build_optimizer(model.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.stepper = BackwardStepper(self.optimizer) if cfg.optimizer_in_backward else None
+        self._inbwd_norm = float("nan")
         self.step, self.skipped_steps = 0, 0
 
     # -- one optimizer step -------------------------------------------------------------
@@ -114,16 +119,10 @@ class Trainer:
                 finite = False
                 break
             # Sum over the micro-batch / pairs in the step: accumulation k×b equals one batch of k·b.
-            (losses.sum() / len(items)).backward()
+            self._backward(losses.sum() / len(items))
             sums.merge(micro_sums)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = float("nan")
-        if finite:
-            # clip_grad_norm_ returns the pre-clipping norm: no second pass over the gradients.
-            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) if cfg.max_grad_norm > 0 else grad_norm(params)
-        if finite and math.isfinite(norm):
-            self.optimizer.step()
-        else:
+        norm, applied = self._update(finite)
+        if not applied:
             # NaN/inf: the update is dropped, counted and reported; weights stay as they were.
             self.skipped_steps += 1
             self.log(f"step {step + 1}: non-finite loss or gradient, update skipped ({self.skipped_steps} so far)")
@@ -134,8 +133,37 @@ class Trainer:
         record = {"step": step + 1, "split": "train", **sums.means(), "lr": lr, "grad_norm": norm}
         record["tokens_per_s"] = processed_tokens(items, cfg, pairs=self.pairwise) / elapsed
         record["pairs_per_s"] = len(items) / elapsed
-        record["skipped"] = not (finite and math.isfinite(norm))
+        record["skipped"] = not applied
         return record
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.stepper is None:
+            loss.backward()
+            return
+        self.stepper.begin()  # each parameter is updated as its gradient completes
+        try:
+            loss.backward()
+        finally:
+            self._inbwd_norm = self.stepper.end()
+
+    def _update(self, finite: bool) -> tuple[float, bool]:
+        """(pre-clipping gradient norm, whether the update was applied)."""
+        if self.stepper is not None:  # already applied during backward
+            if not finite:
+                return float("nan"), False
+            return self._inbwd_norm, self.stepper.all_finite
+        if not finite:
+            return float("nan"), False
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # clip_grad_norm_ returns the pre-clipping norm: no second pass over the gradients.
+        if self.cfg.max_grad_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        else:
+            norm = grad_norm(params)
+        if not math.isfinite(norm):
+            return norm, False
+        self.optimizer.step()
+        return norm, True
 
     # -- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
