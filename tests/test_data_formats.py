@@ -23,7 +23,7 @@ def write_jsonl(path, records):
 
 def content(pairs):
     """What the pairs say, without where they came from."""
-    return [(p.prompt, p.chosen, p.rejected, p.votes) for p in pairs]
+    return [(p.prompt, p.chosen, p.rejected, p.votes, p.chosen_finished, p.rejected_finished) for p in pairs]
 
 
 # ---------------------------------------------------------------- accepted shapes
@@ -87,6 +87,25 @@ def test_votes(extra, votes):
     assert normalize_record({"prompt": "p", "chosen": "a", "rejected": "b", **extra}, "s").votes == votes
 
 
+@pytest.mark.parametrize(
+    "extra, flags",
+    [
+        ({}, (True, True)),
+        ({"chosen_finished": None, "rejected_finished": None}, (True, True)),  # Parquet/datasets fill
+        ({"chosen_finished": True, "rejected_finished": False}, (True, False)),
+        ({"chosen_finished": False}, (False, True)),
+    ],
+)
+def test_finished_flags(extra, flags):
+    pair = normalize_record({"prompt": "p", "chosen": "a", "rejected": "b", **extra}, "s")
+    assert (pair.chosen_finished, pair.rejected_finished) == flags
+
+
+def test_finished_flags_default_pair_equals_todays():
+    # A record without flags is the same PreferencePair as before the flags existed.
+    assert normalize_record({"prompt": "p", "chosen": "a", "rejected": "b"}, "s") == PreferencePair("p", "a", "b", "s")
+
+
 # ---------------------------------------------------------------- malformed records
 
 MALFORMED = [
@@ -120,6 +139,8 @@ MALFORMED = [
     ({"prompt": "p", "chosen": "a", "rejected": "b", "votes": [True, 0]}, "f.jsonl:7: field 'votes': votes must be non-negative integers (got [True, 0])"),
     ({"prompt": "p", "chosen": "a", "rejected": "b", "votes": [0, 0]}, "f.jsonl:7: field 'votes': votes are both zero: no preference to learn"),
     ({"prompt": "p", "chosen": "a", "rejected": "b", "chosen_votes": 2}, "f.jsonl:7: field 'chosen_votes/rejected_votes': votes must be non-negative integers (got [2, None])"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "chosen_finished": "false"}, "f.jsonl:7: field 'chosen_finished': expected true or false, got str"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "rejected_finished": 0}, "f.jsonl:7: field 'rejected_finished': expected true or false, got int"),
     (["p", "a", "b"], "f.jsonl:7: expected a JSON object, got list"),
 ]
 
@@ -138,10 +159,20 @@ def test_malformed_raises_from_file_with_line_number(tmp_path):
         load_pairs(path)
 
 
+def test_finished_flags_read_from_jsonl_and_bad_value_names_file_line_field(tmp_path):
+    ok = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    path = write_jsonl(tmp_path / "d.jsonl", [{**ok, "chosen_finished": False}, ok, {**ok, "rejected_finished": "no"}])
+    with pytest.raises(DataError, match=r"^d\.jsonl:3: field 'rejected_finished': expected true or false, got str$"):
+        load_pairs(path)
+    pairs, report = load_pairs(path, on_malformed="skip")
+    assert [(p.chosen_finished, p.rejected_finished) for p in pairs] == [(False, True), (True, True)]
+    assert report.counts == {"malformed: field 'rejected_finished': expected true or false, got str": 1}
+
+
 def test_malformed_skip_mode_counts_reasons(tmp_path):
     records = [{"prompt": "p", "chosen": 1, "rejected": "b"}, {"prompt": "p", "chosen": 2.5, "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": "b"}]
     pairs, report = load_pairs(write_jsonl(tmp_path / "d.jsonl", records), on_malformed="skip")
-    assert content(pairs) == [("p", "a", "b", None)]
+    assert content(pairs) == [("p", "a", "b", None, True, True)]
     assert report.counts == {
         "malformed: field 'chosen': expected a string or a list of messages, got int": 1,
         "malformed: field 'chosen': expected a string or a list of messages, got float": 1,
@@ -188,9 +219,9 @@ def test_content_skips_are_counted_not_raised(tmp_path):
 # ---------------------------------------------------------------- readers
 
 TEXT = [
-    {"prompt": "Hi", "chosen": "Hello!", "rejected": "What?", "votes": [3, 1]},
-    {"prompt": "2+2?", "chosen": "4", "rejected": "5", "votes": None},
-    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi\n\nAssistant: Go.", "votes": None},
+    {"prompt": "Hi", "chosen": "Hello!", "rejected": "What?", "votes": [3, 1], "rejected_finished": False},
+    {"prompt": "2+2?", "chosen": "4", "rejected": "5", "votes": None, "rejected_finished": None},
+    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi\n\nAssistant: Go.", "votes": None, "rejected_finished": True},
 ]
 CHAT = [
     {"prompt": [U("Hi")], "chosen": [A("Hello!")], "rejected": [A("What?")]},

@@ -148,6 +148,59 @@ def test_eos_not_doubled_when_text_ends_with_it(tok):
     assert tp.chosen_ids == [56, 68, 82, EOS] and tp.rejected_ids == [45, 78, EOS]
 
 
+# ---------------------------------------------------------------- unfinished (cut-off) completions
+
+
+def test_unfinished_text_completion_has_no_eos(tok):
+    # chosen ended by itself (EOS once); rejected was cut at max_new_tokens (no EOS: the
+    # model never chose to stop after "No", so that stop must not be trained).
+    raw = {"prompt": "Hi", "chosen": "Yes", "rejected": "No", "chosen_finished": True, "rejected_finished": False}
+    batch, items, _ = batch_for([raw], tok)
+    assert (items[0].chosen_ids, items[0].rejected_ids) == ([56, 68, 82, EOS], [45, 78])
+    assert_batch(
+        batch,
+        input_ids=[[39, 72, 56, 68, 82, EOS], [39, 72, 45, 78, EOS, EOS]],  # row 2: pad, pad
+        attention_mask=[[1] * 6, [1, 1, 1, 1, 0, 0]],
+        labels=[[X, X, 56, 68, 82, EOS], [X, X, 45, 78, X, X]],  # last scored token: "o"
+        pair_index=[0],
+    )
+
+
+def test_default_record_tokenizes_exactly_as_before(tok):
+    plain = tokenize_pair(pair({"prompt": "Hi", "chosen": "Yes", "rejected": "No"}), tok, TokenizeSettings(), 0)
+    flagged = tokenize_pair(pair({"prompt": "Hi", "chosen": "Yes", "rejected": "No", "chosen_finished": True, "rejected_finished": True}), tok, TokenizeSettings(), 0)
+    assert plain == flagged == TokenizedPair([39, 72], [56, 68, 82, EOS], [45, 78, EOS], 0)
+
+
+def test_unfinished_text_ending_with_eos_is_an_error(tok):
+    raw = {"prompt": "Hi", "chosen": "Yes<|im_end|>", "rejected": "No", "chosen_finished": False}
+    with pytest.raises(DataError, match=r"^t\.jsonl:1: field 'chosen': marked unfinished \(chosen_finished: false\) but the text ends with the EOS token$"):
+        tokenize_pair(pair(raw), tok, TokenizeSettings(), 0)
+
+
+def test_unfinished_chat_completion_stops_before_the_turns_eos(tok):
+    raw = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Yes", "rejected": "No", "rejected_finished": False}
+    tp = tokenize_pair(pair(raw), tok, TokenizeSettings(), 0)
+    assert tp.prompt_ids == CHAT_PROMPT
+    assert tp.chosen_ids == [56, 68, 82, EOS] and tp.rejected_ids == [45, 78]  # no <|im_end|>, no "\n"
+
+
+def test_unfinished_chat_completion_without_template_eos_gets_none():
+    t = tiny_tokenizer()
+    t.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    raw = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Yes", "rejected": "No", "chosen_finished": False}
+    tp = tokenize_pair(pair(raw), t, TokenizeSettings(), 0)
+    assert tp.chosen_ids == ids("Yes\n") and tp.rejected_ids == ids("No\n") + [EOS]
+
+
+def test_unfinished_completion_truncated_keeps_its_start(tok):
+    report = SkipReport()
+    raw = {"prompt": "Hi", "chosen": "abcdefgh", "rejected": "No", "chosen_finished": False, "rejected_finished": False}
+    tp = tok_one(raw, tok, TokenizeSettings(max_length=6, max_prompt_length=2), report)
+    assert (tp.chosen_ids, tp.rejected_ids) == (ids("abcd"), ids("No"))
+    assert report.truncations == {"chosen: kept its start": 1}
+
+
 def test_empty_text_prompt_gets_a_start_token(tok):
     tp = tokenize_pair(pair({"prompt": "", "chosen": "Yes", "rejected": "No"}), tok, TokenizeSettings(), 0)
     assert tp.prompt_ids == [EOS]  # no BOS in this tokenizer: EOS stands in as start token

@@ -23,7 +23,8 @@ IGNORE_INDEX = -100
 @dataclass(frozen=True)
 class TokenizedPair:
     """One preference pair as token ids. Completions end with EOS exactly once, unless
-    truncation cut them (then they end where the budget ran out)."""
+    truncation cut them (then they end where the budget ran out) or the record marked them
+    unfinished (then they end with their last generated token)."""
 
     prompt_ids: list[int]
     chosen_ids: list[int]

@@ -13,6 +13,9 @@ treated as absent, because Parquet and `datasets` fill missing values with None)
                     their leading space, as BPE vocabularies expect " word" tokens)
     votes           optional: "votes": [for_chosen, for_rejected], or "chosen_votes" and
                     "rejected_votes" (non-negative integers, not both zero)
+    finished        optional: "chosen_finished", "rejected_finished" (true / false, default
+                    true). false = the completion was cut off (e.g. at max_new_tokens) and did
+                    not end by itself: it is tokenized without a closing EOS
 
 A message is {"role": one of ROLES, "content": str}; keys with None values are dropped and
 other keys are kept. Completions (chosen / rejected message lists) must start with an
@@ -94,6 +97,18 @@ def _votes(raw: dict, source: str) -> tuple[int, int] | None:
     return int(v[0]), int(v[1])
 
 
+def _finished(raw: dict, source: str, field: str) -> bool:
+    """An optional completion-finished flag; absent/None = True (the completion ended).
+    Only real booleans pass: a string "false" would be truthy, and 0/1 may be a mix-up
+    with votes or rewards."""
+    value = raw.get(field)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise DataError(source, f"expected true or false, got {_type_name(value)}", field)
+    return value
+
+
 def _hh_split(chosen: str, rejected: str, source: str) -> tuple[str, str, str]:
     """(prompt, chosen completion, rejected completion) of an Anthropic HH text record."""
     n = 0
@@ -173,13 +188,14 @@ def normalize_record(raw, source: str) -> PreferencePair:
         raise DataError(source, f"expected a JSON object, got {_type_name(raw)}")
     prompt, chosen, rejected = _parts(raw, source)
     votes = _votes(raw, source)
+    finished = {f: _finished(raw, source, f) for f in ("chosen_finished", "rejected_finished")}
     if isinstance(prompt, list) and not prompt:
         raise SkipPair("empty prompt")
     if _is_empty(chosen) or _is_empty(rejected):
         raise SkipPair("empty completion")
     if _stripped(chosen) == _stripped(rejected):
         raise SkipPair("identical chosen and rejected")
-    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source=source, votes=votes)
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source=source, votes=votes, **finished)
 
 
 def load_pairs(

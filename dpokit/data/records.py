@@ -26,6 +26,10 @@ class PreferencePair:
     (`list[dict]` with `role` and `content`): then `prompt` holds the messages before the
     answer and `chosen` / `rejected` the answer message(s), each starting with an assistant
     message. `votes` = (votes for chosen, votes for rejected) when the record had them.
+
+    `chosen_finished` / `rejected_finished`: False when that completion was cut off (e.g.
+    sampled up to max_new_tokens without reaching EOS). Tokenization then appends no EOS,
+    so training never rewards or punishes "stopping" at a cut the model did not choose.
     """
 
     prompt: str | list[dict]
@@ -33,6 +37,8 @@ class PreferencePair:
     rejected: str | list[dict]
     source: str
     votes: tuple[int, int] | None = None
+    chosen_finished: bool = True
+    rejected_finished: bool = True
 
     @property
     def is_chat(self) -> bool:

@@ -1,4 +1,5 @@
-"""PreferencePair -> TokenizedPair: prompt ids, and each completion's ids ending with EOS once.
+"""PreferencePair -> TokenizedPair: prompt ids, and each completion's ids ending with EOS once
+(none for a completion the record marks unfinished).
 
 Text pairs:
     prompt      tokenizer(prompt) WITH its special tokens (BOS if the tokenizer adds one).
@@ -13,6 +14,13 @@ Chat pairs:
                 must be a token-level prefix of the templated conversation, else DataError.
                 Whatever follows the completion's final EOS (e.g. the template's newline
                 after `<|im_end|>`) is cut; if it holds no EOS at all, EOS is appended.
+
+Unfinished completions (`chosen_finished` / `rejected_finished` False: cut off, e.g. at
+max_new_tokens): no EOS is appended, so the last real token is the last scored one. DPO
+would otherwise learn "stop here" from chosen and "don't" from rejected completions at cut
+points the model never chose. Text: tokenizer(text) as is; text that ends with the EOS token
+contradicts the flag and is a DataError. Chat: the templated completion is cut before its
+final EOS (the turn did not end); a template that writes no EOS leaves it as rendered.
 
 Truncation (settings):
     1. prompt longer than max_prompt_length: keep its END (a leading BOS is kept too), or
@@ -71,9 +79,21 @@ def _encode(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _text_completion(tokenizer, text: str, eos: int) -> list[int]:
-    ids = _encode(tokenizer, text, special=False)
-    return ids if ids and ids[-1] == eos else ids + [eos]
+def _finished(pair: PreferencePair, field: str) -> bool:
+    """Whether completion `field` ("chosen" / "rejected") ended by itself."""
+    return getattr(pair, f"{field}_finished")
+
+
+def _text_completion(tokenizer, pair: PreferencePair, field: str, eos: int) -> list[int]:
+    ids = _encode(tokenizer, getattr(pair, field), special=False)
+    ends_with_eos = bool(ids) and ids[-1] == eos
+    if _finished(pair, field):
+        return ids if ends_with_eos else ids + [eos]
+    if ends_with_eos:
+        # Keeping it would train the very stop the flag says never happened; dropping it
+        # would silently rewrite the user's text. Ask instead.
+        raise DataError(pair.source, f"marked unfinished ({field}_finished: false) but the text ends with the EOS token", field)
+    return ids
 
 
 def encode_text(pair: PreferencePair, tokenizer) -> tuple[list[int], list[int], list[int]]:
@@ -83,7 +103,8 @@ def encode_text(pair: PreferencePair, tokenizer) -> tuple[list[int], list[int], 
     if not prompt:
         bos = tokenizer.bos_token_id
         prompt = [int(bos) if bos is not None else eos]
-    return prompt, _text_completion(tokenizer, pair.chosen, eos), _text_completion(tokenizer, pair.rejected, eos)
+    chosen = _text_completion(tokenizer, pair, "chosen", eos)
+    return prompt, chosen, _text_completion(tokenizer, pair, "rejected", eos)
 
 
 def _templated(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
@@ -103,10 +124,13 @@ def _chat_completion(tokenizer, pair: PreferencePair, prompt_ids: list[int], fie
             field,
         )
     completion = full[len(prompt_ids) :]
+    finished = _finished(pair, field)
     if eos not in completion:
-        return completion + [eos]
+        return completion + [eos] if finished else completion
     last = len(completion) - 1 - completion[::-1].index(eos)
-    return completion[: last + 1]
+    # Finished: up to and including the turn's EOS. Unfinished: the turn did not end, so
+    # stop before the EOS the template wrote for it.
+    return completion[: last + 1] if finished else completion[:last]
 
 
 def encode_chat(pair: PreferencePair, tokenizer) -> tuple[list[int], list[int], list[int]]:

@@ -57,7 +57,10 @@ def sample_and_score(model, tokenizer, prompts, reward_fn, *, n_per_prompt, max_
 
 @torch.no_grad()
 def completion_logps(model, tokenizer, samples: SampleSet, batch_size: int = 16) -> list[float]:
-    """log π(y|x) of every sampled completion (summed over its generated tokens), flat order."""
+    """log π(y|x) of every sampled completion (summed over its generated tokens), flat order.
+
+    Scores `token_ids` as generated, so EOS counts only for finished completions: the same
+    rule the training data follows via the records' `*_finished` flags (data/tokenize)."""
     items = []
     for prompt, row in zip(samples.prompts, samples.completions):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -38,7 +38,10 @@ def cached_samples(cache_dir: Path, kind: str, key: str, make, log=print) -> Sam
 def build_pairs(samples: SampleSet, *, per_prompt: int, min_gap: float) -> tuple[list[dict], dict]:
     """Ordered pairs (chosen reward > rejected reward + min_gap) per prompt, largest gap
     first, at most `per_prompt` of them (0 = all), each completion used at most once per
-    prompt when possible. Returns (records, counts)."""
+    prompt when possible. Returns (records, counts).
+
+    Each record carries `chosen_finished` / `rejected_finished` from the samples: a
+    completion cut at max_new_tokens is then trained without an EOS it never generated."""
     records, counts = [], {"prompts": len(samples.prompts), "ties_dropped": 0, "candidate_pairs": 0}
     for prompt, comps, rewards in zip(samples.prompts, samples.completions, samples.rewards):
         order = sorted(range(len(comps)), key=lambda k: -rewards[k])
@@ -58,6 +61,7 @@ def build_pairs(samples: SampleSet, *, per_prompt: int, min_gap: float) -> tuple
             records.append({
                 "prompt": prompt, "chosen": comps[i].text, "rejected": comps[j].text,
                 "chosen_reward": rewards[i], "rejected_reward": rewards[j],
+                "chosen_finished": comps[i].finished, "rejected_finished": comps[j].finished,
             })
     counts["pairs"] = len(records)
     return records, counts
