@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dpokit.config import ConfigError, TrainConfig, load_config
+from dpokit.losses import LOSSES
 
 
 def _train_command(args, objective: str) -> int:
@@ -42,7 +43,7 @@ def _run_command(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpokit", description="Direct preference optimization, with the evidence.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("sft", "supervised fine-tuning on chosen completions (makes a reference)"), ("dpo", "pairwise preference training (dpo, cdpo, robust, ipo, hinge, soft)")):
+    for name, help_text in (("sft", "supervised fine-tuning on chosen completions (makes a reference)"), ("dpo", f"pairwise preference training ({', '.join(LOSSES)})")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML recipe (configs/)")
         p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the latest checkpoint in output_dir, or from PATH")

@@ -7,6 +7,7 @@ types; the resolved config is written beside the run's checkpoints (`config.yaml
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,11 +48,13 @@ class TrainConfig:
     max_prompt_length: int = 256  # longer prompts keep their end
     prompt_overflow: str = "truncate"  # truncate | skip
     # --- loss ------------------------------------------------------------------------
-    loss: str = "dpo"  # dpo | cdpo | robust | ipo | hinge | soft
+    loss: str = "dpo"  # dpo | cdpo | robust | ipo | hinge | soft | simpo | orpo (last two: no reference)
     beta: float = 0.1
     label_smoothing: float = 0.0  # ε of cdpo / robust
     average_logps: bool | None = None  # per-token mean log-probs in h; None = the loss's default
     rpo_alpha: float = 0.0  # weight of NLL(chosen)/|chosen| added to the pairwise loss (RPO)
+    simpo_gamma: float = 0.5  # SimPO target margin γ in −log σ(βℓc − βℓr − γ); paper: β≈2–2.5, γ/β≈0.5
+    orpo_lambda: float = 0.1  # ORPO weight λ of the odds-ratio term beside NLL(chosen)/|chosen| (0.1–0.25)
     reference: str = "cached"  # cached (on disk) | copy (frozen copy) | adapter (LoRA disabled)
     # --- optimisation ----------------------------------------------------------------
     optimizer: str = "adamw"  # adamw | rmsprop
@@ -228,6 +231,13 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"loss: {e}") from None
     if cfg.beta <= 0:
         raise ConfigError("beta must be > 0")
+    if not cfg.orpo_lambda >= 0:  # also rejects NaN
+        raise ConfigError(f"orpo_lambda must be ≥ 0, got {cfg.orpo_lambda}")
+    if not math.isfinite(cfg.simpo_gamma):
+        raise ConfigError(f"simpo_gamma must be finite, got {cfg.simpo_gamma}")
+    if cfg.loss == "orpo" and cfg.average_logps is False:
+        # Its odds and its NLL/|chosen| are defined on per-token mean log-probs (Hong et al. 2024).
+        raise ConfigError("loss=orpo needs per-token mean log-probs: leave average_logps unset (or true)")
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise ConfigError("batch_size and grad_accum must be ≥ 1")
     if cfg.max_prompt_length >= cfg.max_length:

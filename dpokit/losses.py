@@ -10,10 +10,15 @@ rc, rr = the reference's, all of shape (batch,);
 Every loss returns `(losses, chosen_rewards, rejected_rewards)`, each (batch,), unreduced;
 rewards carry no gradient. The caller reduces (mean) and decides whether log-probs are summed
 over tokens or averaged per token.
+
+Reference-free losses (SimPO, ORPO; `LossSpec.reference_free`) take only the policy's
+per-token mean log-probs ℓc = πc/|yc|, ℓr = πr/|yr|, as `(policy_chosen_logps,
+policy_rejected_logps)`: the trainer then runs no reference pass and holds no reference.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,6 +93,55 @@ def soft_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, 
     return -q * F.logsigmoid(beta * h) - (1 - q) * F.logsigmoid(-beta * h), cr, rr
 
 
+def simpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta: float, gamma: float) -> LossOutput:
+    """SimPO (Meng et al. 2024, eq. 6), no reference; ℓ = per-token mean log-probs:
+
+        L = −log σ(β ℓc − β ℓr − γ)
+
+    γ is the target reward margin (the paper uses β ≈ 2–2.5 with γ/β ≈ 0.5).
+    Rewards: β ℓc, β ℓr (the paper's length-normalised implicit reward, eq. 4)."""
+    chosen, rejected = beta * policy_chosen_logps, beta * policy_rejected_logps
+    return -F.logsigmoid(chosen - rejected - gamma), chosen.detach(), rejected.detach()
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 − eˣ) for x < 0, accurate everywhere (Mächler 2012, "Accurately computing
+    log(1 − exp(−|a|))"): log(−expm1(x)) for x > −ln 2, log1p(−eˣ) below.
+
+    The naive log1p(−eˣ) loses precision near 0: in fp32, e^(−1e-6) rounds to 1 − 1.013e-6."""
+    near = x > -math.log(2)
+    # Feed each branch a harmless value where it is not used: torch.where passes a zero
+    # gradient to the unused branch, and 0 · ∞ from log(0) there would still make a NaN.
+    safe = torch.full_like(x, -1.0)
+    x_near, x_far = torch.where(near, x, safe), torch.where(near, safe, x)
+    return torch.where(near, torch.log(-torch.expm1(x_near)), torch.log1p(-torch.exp(x_far)))
+
+
+# ℓ = 0 exactly (every token predicted with probability 1 in float32) would give odds = ∞ and
+# ∞ − ∞ in the odds ratio; ℓ is clamped just below 0 (gradients are kept for ℓ below it).
+_MAX_MEAN_LOGP = -1e-7
+
+
+def log_odds(mean_logps: Tensor) -> Tensor:
+    """log odds(y) = log[P / (1 − P)] = ℓ − log(1 − e^ℓ), with P = e^ℓ the per-token
+    geometric-mean probability (Hong et al. 2024, §4.1); finite for ℓ ≤ 0."""
+    ell = mean_logps.clamp(max=_MAX_MEAN_LOGP)
+    return ell - log1mexp(ell)
+
+
+def orpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta: float, lam: float) -> LossOutput:
+    """ORPO (Hong et al. 2024, eqs. 6–7), no reference; ℓ = per-token mean log-probs:
+
+        L = NLL(chosen)/|chosen| − λ log σ(log odds_c − log odds_r),   NLL/|y| = −ℓc
+
+    λ ≈ 0.1–0.25. Rewards: β ℓc, β ℓr, as for SimPO (β is not in L; it only scales these
+    metrics). Not λ log odds: β ℓ stays informative at λ = 0, and the accuracies agree either
+    way, since log odds increases with ℓ."""
+    odds_ratio = log_odds(policy_chosen_logps) - log_odds(policy_rejected_logps)
+    losses = -policy_chosen_logps - lam * F.logsigmoid(odds_ratio)
+    return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
+
+
 def nll_loss(chosen_logps: Tensor, chosen_counts: Tensor) -> Tensor:
     """Per-token negative log-likelihood of each target:  L = −logp / |y|  (SFT, Preferred-FT)."""
     return -chosen_logps / chosen_counts.clamp(min=1)
@@ -105,6 +159,8 @@ class LossSpec:
     fn: Callable[..., LossOutput]
     extra: tuple[str, ...] = ()
     average_logps: bool = False  # default for whether h uses per-token-mean log-probs
+    # fn takes policy log-probs only: the trainer builds, caches and calls no reference.
+    reference_free: bool = False
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -114,6 +170,8 @@ LOSSES: dict[str, LossSpec] = {
     "ipo": LossSpec(ipo_loss, average_logps=True),
     "hinge": LossSpec(hinge_loss),
     "soft": LossSpec(soft_dpo_loss, ("target_prob",)),
+    "simpo": LossSpec(simpo_loss, ("gamma",), average_logps=True, reference_free=True),
+    "orpo": LossSpec(orpo_loss, ("lam",), average_logps=True, reference_free=True),
 }
 
 

@@ -71,7 +71,15 @@ def build_reference(cfg, model, data: PreparedData, pad_id: int, log=print):
     `cached`: log-probs of the reference computed once and kept on disk, keyed by reference
     weights + data + tokenization; when the reference is the starting model they are taken
     from the policy before its first update, so no second copy of the model ever exists.
-    `copy`: a frozen copy. `adapter`: the same LoRA model with its adapter switched off."""
+    `copy`: a frozen copy. `adapter`: the same LoRA model with its adapter switched off.
+    A reference-free loss (SimPO, ORPO) gets (None, None): nothing is loaded, computed or
+    cached, which is what such a loss saves."""
+    from dpokit.losses import get_loss
+
+    if get_loss(cfg.loss).reference_free:
+        ignored = f"; ref_model={cfg.ref_model} is not used" if cfg.ref_model else ""
+        log(f"loss={cfg.loss} is reference-free: no reference log-probs{ignored}")
+        return None, None
     from dpokit import reference as ref
 
     # The reference computes as the policy does (packing, head chunks, autocast), so that at

@@ -1,4 +1,5 @@
-"""One micro-batch: policy log-probs → reference log-probs → loss → metric sums.
+"""One micro-batch: policy log-probs → reference log-probs (unless the loss needs none) → loss
+→ metric sums.
 
 This is the only place where the objectives meet the model; the loop around it only handles
 order, accumulation, optimizer, logging and checkpoints.
@@ -68,27 +69,41 @@ def target_probs(items: list[TokenizedPair], votes: dict[int, tuple[int, int]] |
 
 
 def pairwise_step(model, reference, items, pad_id, cfg, *, votes=None) -> tuple[torch.Tensor, MetricSums]:
-    """Unreduced per-pair losses (B,) with gradients, plus this micro-batch's metric sums."""
+    """Unreduced per-pair losses (B,) with gradients, plus this micro-batch's metric sums.
+
+    For a reference-free loss (SimPO, ORPO) `reference` may be None and is never called: the
+    loss gets the policy's log-probs only, per-token means unless `average_logps` says no."""
     spec = get_loss(cfg.loss)
     with autocast_context(cfg):
         pc, pr, nc, nr = policy_pair_logps(model, items, pad_id, cfg)
-    rc, rr = reference.pair_logps(items, pad_id)
     average = spec.average_logps if cfg.average_logps is None else cfg.average_logps
-    if average:  # per-token mean log-probs in h (IPO's default)
-        pc_h, pr_h, rc_h, rr_h = pc / nc, pr / nr, rc / nc, rr / nr
-    else:
-        pc_h, pr_h, rc_h, rr_h = pc, pr, rc, rr
-    kwargs = {"beta": cfg.beta}
-    if "label_smoothing" in spec.extra:
-        kwargs["label_smoothing"] = cfg.label_smoothing
-    if "target_prob" in spec.extra:
-        kwargs["target_prob"] = target_probs(items, votes)
-    losses, chosen_rewards, rejected_rewards = spec.fn(pc_h, pr_h, rc_h, rr_h, **kwargs)
+    # per-token mean log-probs (IPO's, SimPO's, ORPO's default) or sums
+    logps = [pc / nc, pr / nr] if average else [pc, pr]
+    if not spec.reference_free:
+        if reference is None:
+            raise ValueError(f"loss={cfg.loss} needs a reference backend")
+        rc, rr = reference.pair_logps(items, pad_id)
+        logps += [rc / nc, rr / nr] if average else [rc, rr]
+    losses, chosen_rewards, rejected_rewards = spec.fn(*logps, **_loss_kwargs(spec, cfg, items, votes))
     if cfg.rpo_alpha:  # RPO: keep the chosen likelihood up (design.md §2)
         losses = losses + cfg.rpo_alpha * nll_loss(pc, nc)
     sums = MetricSums()
     sums.add_pairs(losses, chosen_rewards, rejected_rewards, pc.detach(), pr.detach())
     return losses, sums
+
+
+def _loss_kwargs(spec, cfg, items, votes) -> dict:
+    """The loss function's keyword arguments, from the config (and votes for soft labels)."""
+    kwargs = {"beta": cfg.beta}
+    if "label_smoothing" in spec.extra:
+        kwargs["label_smoothing"] = cfg.label_smoothing
+    if "target_prob" in spec.extra:
+        kwargs["target_prob"] = target_probs(items, votes)
+    if "gamma" in spec.extra:
+        kwargs["gamma"] = cfg.simpo_gamma
+    if "lam" in spec.extra:
+        kwargs["lam"] = cfg.orpo_lambda
+    return kwargs
 
 
 def sft_step(model, items, pad_id, cfg) -> tuple[torch.Tensor, MetricSums]:
