@@ -1,9 +1,11 @@
 """Reference-model log-probs behind one interface.
 
-Every backend answers `logps(batch) -> (ref_chosen_logps, ref_rejected_logps)`, each (B,)
-float32, summed over completion tokens, without grad, for a collated batch
-(dpokit.data.collate layout). All of them compute through `dpokit.logprobs.batch_logps`, the
-single source of log-probs, so they agree to float round-off:
+Every backend answers `pair_logps(items, pad_id) -> (ref_chosen_logps, ref_rejected_logps)`,
+each (B,) float32, summed over completion tokens, without grad, for tokenized pairs (what the
+trainer calls), and `logps(batch)` for a collated padded batch. Model backends compute the
+first through the packed path (dpokit.packing, prefix shared, as the policy does by default)
+and the second through `dpokit.logprobs.batch_logps`; both end in the same chunked head and
+are tested to agree to float round-off:
 
     FrozenCopyReference        a frozen deep copy (or a separately loaded model)
     AdapterDisabledReference   the LoRA policy itself with its adapter switched off (no copy)
