@@ -34,6 +34,36 @@ def _score_command(args) -> int:
     return 0
 
 
+def _audit_command(args) -> int:
+    from dpokit.data.audit import audit_file, format_report, write_report
+    from dpokit.data.records import DataError
+
+    try:
+        report = audit_file(args.path, split=args.split, max_examples=args.max_examples)
+    except DataError as e:  # already names file:line and field
+        print(f"dpokit: data error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"dpokit: cannot read {args.path}: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json:
+        try:
+            write_report(report, args.json)
+        except OSError as e:
+            print(f"dpokit: cannot write {args.json}: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {n}")
+    return n
+
+
 def _run_command(args) -> int:
     from dpokit.tasks import registry
 
@@ -58,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--on-malformed", choices=("raise", "skip"), default="raise")
+    p = sub.add_parser("audit", help="preference-data audit: duplicates, contradictions, cycles, length bias")
+    p.add_argument("path", help="JSONL / JSON / Parquet / datasets dir")
+    p.add_argument("--json", metavar="OUT", help="also write the audit as JSON")
+    p.add_argument("--max-examples", type=_count, default=5, metavar="N", help="examples shown per finding (default 5)")
+    p.add_argument("--split", help="split of a datasets dir (default train)")
     p = sub.add_parser("run", help="run a case study end to end (e.g. sentiment)")
     p.add_argument("task")
     p.add_argument("--config")
@@ -83,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train_command(args, args.command)
         if args.command == "score":
             return _score_command(args)
+        if args.command == "audit":
+            return _audit_command(args)
         if args.command == "demo":
             args.task, args.config = "sentiment", None
         return _run_command(args)
