@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dpokit.config import ConfigError, TrainConfig, load_config
+from dpokit.data.audit import DEFAULT_MAX_EXAMPLES
 from dpokit.losses import LOSSES
 
 
@@ -35,6 +36,7 @@ def _score_command(args) -> int:
 
 
 def _audit_command(args) -> int:
+    """Audit a preference file; exit 2 when it cannot be read (an audit's findings are not failures)."""
     from dpokit.data.audit import audit_file, format_report, write_report
     from dpokit.data.records import DataError
 
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="preference-data audit: duplicates, contradictions, cycles, length bias")
     p.add_argument("path", help="JSONL / JSON / Parquet / datasets dir")
     p.add_argument("--json", metavar="OUT", help="also write the audit as JSON")
-    p.add_argument("--max-examples", type=_count, default=5, metavar="N", help="examples shown per finding (default 5)")
+    p.add_argument("--max-examples", type=_count, default=DEFAULT_MAX_EXAMPLES, metavar="N", help=f"examples shown per finding (default {DEFAULT_MAX_EXAMPLES})")
     p.add_argument("--split", help="split of a datasets dir (default train)")
     p = sub.add_parser("run", help="run a case study end to end (e.g. sentiment)")
     p.add_argument("task")

@@ -66,7 +66,7 @@ def src(*lines):
 
 
 def text_pairs(prompt, edges):
-    """Text pairs prompt: a ≻ b for each (a, b), sources t:1, t:2, ..."""
+    """One text pair a ≻ b under `prompt` for each (a, b), with sources t:1, t:2, ..."""
     return [PreferencePair(prompt=prompt, chosen=a, rejected=b, source=f"t:{i}") for i, (a, b) in enumerate(edges, 1)]
 
 
@@ -82,6 +82,13 @@ def assert_valid_cycle(example, pairs_by_source):
 
 
 # ---------------------------------------------------------------- the hand-written file
+
+
+def _plain(record):
+    """(chosen, rejected) of a test record as the audit previews them (last message)."""
+    def last(x):
+        return x if isinstance(x, str) else x[-1]["content"]
+    return {"chosen": last(record["chosen"]), "rejected": last(record["rejected"])}
 
 
 def test_summary_counts(data):
@@ -145,13 +152,6 @@ def test_cycle_groups(data):
     by_source = {f"audit.jsonl:{i}": _plain(r) for i, r in enumerate(RECORDS, 1)}
     for ex in cycles["examples"]:
         assert_valid_cycle(ex, by_source)
-
-
-def _plain(record):
-    """(chosen, rejected) of a test record as the audit previews them (last message)."""
-    def last(x):
-        return x if isinstance(x, str) else x[-1]["content"]
-    return {"chosen": last(record["chosen"]), "rejected": last(record["rejected"])}
 
 
 def test_max_examples_limits_examples_not_counts(data):
@@ -220,8 +220,10 @@ def _reachable(n, succ, banned=None):
 def _has_long_cycle(n, succ, edges, comp):
     """Brute force: a simple cycle of >= 3 nodes runs u -> v, then back from v to u by a
     path of >= 2 steps, i.e. one that does not use the direct edge v -> u."""
-    return any(u in reach_without[v] for u, v in edges if u in comp and v in comp
-               for reach_without in [_reachable(n, succ, banned=(v, u))])
+    for u, v in edges:
+        if u in comp and v in comp and u in _reachable(n, succ, banned=(v, u))[v]:
+            return True
+    return False
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -278,6 +280,28 @@ def test_cli_prints_report_and_writes_json(data, tmp_path, capsys):
     assert set(report["contradictions"]["examples"][0]) == {"prompt", "a", "b", "a_over_b", "b_over_a"}
     assert set(report["duplicates"]["examples"][0]) == {"prompt", "chosen", "rejected", "records", "sources"}
     assert report["skipped"]["skipped"] == {"identical chosen and rejected": {"count": 1, "examples": src(21)}}
+
+
+README_EXAMPLE = """\
+pairs.jsonl: 9 records, 3 prompts, 7 distinct responses; pairs per prompt min 3, median 3, max 3
+  flagged prompts: 2 of 3 (66.7%): 1 with contradictions, 1 with cycles
+  length (chars): chosen mean 2.9, rejected mean 3.0; chosen longer in 2 of 9 (22.2%)
+duplicate pairs: 2 (3 redundant records)
+  "2+2=": "4" ≻ "5" ×3 (pairs.jsonl:1, pairs.jsonl:2, pairs.jsonl:9)
+  "Pick a colour": "red" ≻ "blue" ×2 (pairs.jsonl:3, pairs.jsonl:5)
+contradictions: 1
+  "Pick a colour": "red" ≻ "blue" in 2 (pairs.jsonl:3, pairs.jsonl:5); "blue" ≻ "red" in 1 (pairs.jsonl:4)
+cycle groups: 1
+  "Rank fruit": 3 responses, 3 records; e.g. "apple" ≻ "pear" ≻ "plum" ≻ "apple" (pairs.jsonl:6, pairs.jsonl:7, pairs.jsonl:8)
+"""
+
+
+def test_text_report_is_the_readme_example(tmp_path, monkeypatch, capsys):
+    # Lines 1-9 of RECORDS; README.md ("Data audit") shows this very output.
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "pairs.jsonl", RECORDS[:9])
+    assert main(["audit", "pairs.jsonl"]) == 0
+    assert capsys.readouterr().out == README_EXAMPLE
 
 
 def test_cli_clean_file(tmp_path, capsys):

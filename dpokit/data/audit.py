@@ -221,15 +221,18 @@ def find_cycle(component: Sequence[int], edges: Collection[tuple[int, int]], suc
 
     A one-way edge u → v (no v → u) closes such a cycle with the shortest path back from
     v to u, which has ≥ 2 steps because the direct one does not exist; those are the
-    purest non-transitive cycles, so they are tried first, in record order. `edges` is
-    the set (or dict) of (chosen, rejected) edges, in record order."""
+    purest non-transitive cycles, so they are tried first (nodes in ascending order).
+    `edges`: the set (or dict) of (chosen, rejected) edges, for membership tests only, so
+    the work stays linear in the component's own edges."""
     members = set(component)
     if len(members) < 3:
         return None
-    for u, v in edges:
-        if u in members and v in members and (v, u) not in edges:
+    for u in sorted(members):
+        for v in succ.get(u, ()):
+            if v not in members or (v, u) in edges:
+                continue
             back = _shortest_path(v, u, succ, members)
-            if back is not None:
+            if back is not None:  # always, inside a strongly connected component
                 return [u] + back
     return _undirected_cycle(members, succ)
 
@@ -278,7 +281,7 @@ def find_cycle_groups(groups: Iterable[PromptGroup]) -> list[Finding]:
             if cycle is None:
                 continue
             members = set(comp)
-            idx = sorted(i for (u, v), ids in g.edges.items() if u in members and v in members for i in ids)
+            idx = sorted(i for u in comp for v in succ[u] if v in members for i in g.edges[(u, v)])
             found.append(Finding(g, idx, component=sorted(comp), cycle=cycle))
     return sorted(found, key=lambda f: f.records[0])
 
@@ -287,6 +290,7 @@ def find_cycle_groups(groups: Iterable[PromptGroup]) -> list[Finding]:
 
 
 def _pairs_per_prompt(groups: Sequence[PromptGroup]) -> dict:
+    """min / median / max records per prompt (zeros for no records)."""
     counts = [g.records for g in groups] or [0]
     return {"min": min(counts), "median": float(statistics.median(counts)), "max": max(counts)}
 
@@ -313,11 +317,7 @@ def vote_stats(pairs: Sequence[PreferencePair]) -> dict:
     """Records with annotator votes, ties among them, and votes that favour the rejected
     response (the label disagrees with its own annotators)."""
     votes = [p.votes for p in pairs if p.votes is not None]
-    return {
-        "records_with_votes": len(votes),
-        "ties": sum(c == r for c, r in votes),
-        "against_label": sum(c < r for c, r in votes),
-    }
+    return {"records_with_votes": len(votes), "ties": sum(c == r for c, r in votes), "against_label": sum(c < r for c, r in votes)}
 
 
 def _summary(pairs: Sequence[PreferencePair], groups: Sequence[PromptGroup], findings: Mapping[str, list[Finding]], skipped: int) -> dict:
@@ -345,18 +345,14 @@ def _summary(pairs: Sequence[PreferencePair], groups: Sequence[PromptGroup], fin
 
 
 def _sources(pairs: Sequence[PreferencePair], indices: Iterable[int], limit: int) -> list[str]:
+    """The "file:line" of the first `limit` records."""
     return [pairs[i].source for i in list(indices)[:limit]]
 
 
 def _duplicate_example(f: Finding, pairs: Sequence[PreferencePair], limit: int) -> dict:
-    a, b = f.edge
-    return {
-        "prompt": preview(f.group.prompt),
-        "chosen": preview(f.group.responses[a]),
-        "rejected": preview(f.group.responses[b]),
-        "records": len(f.records),
-        "sources": _sources(pairs, f.records, limit),
-    }
+    (a, b), g = f.edge, f.group
+    return {"prompt": preview(g.prompt), "chosen": preview(g.responses[a]), "rejected": preview(g.responses[b]),
+            "records": len(f.records), "sources": _sources(pairs, f.records, limit)}
 
 
 def _contradiction_example(f: Finding, pairs: Sequence[PreferencePair], limit: int) -> dict:
@@ -376,25 +372,14 @@ def _cycle_example(f: Finding, pairs: Sequence[PreferencePair], limit: int) -> d
         {"chosen": preview(g.responses[u]), "rejected": preview(g.responses[v]), "source": pairs[g.edges[(u, v)][0]].source}
         for u, v in zip(f.cycle, f.cycle[1:])
     ]
-    return {
-        "prompt": preview(g.prompt),
-        "responses": len(f.component),
-        "records": len(f.records),
-        "sources": _sources(pairs, f.records, limit),
-        "cycle": steps,
-    }
+    return {"prompt": preview(g.prompt), "responses": len(f.component), "records": len(f.records),
+            "sources": _sources(pairs, f.records, limit), "cycle": steps}
 
 
 # ---------------------------------------------------------------- the audit
 
 
-def audit_pairs(
-    pairs: Sequence[PreferencePair],
-    *,
-    max_examples: int = DEFAULT_MAX_EXAMPLES,
-    path: str | None = None,
-    skip_report: dict | None = None,
-) -> dict:
+def audit_pairs(pairs: Sequence[PreferencePair], *, max_examples: int = DEFAULT_MAX_EXAMPLES, path: str | None = None, skip_report: dict | None = None) -> dict:
     """Audit validated pairs. Returns a JSON-ready dict:
 
         path, max_examples
@@ -465,21 +450,22 @@ def _srcs(sources: list[str], total: int) -> str:
 
 
 def _summary_lines(report: dict) -> list[str]:
-    s, ppp, ln, v = report["summary"], report["summary"]["pairs_per_prompt"], report["summary"]["length_chars"], report["summary"]["votes"]
+    """The summary in three to five lines: sizes, flagged prompts, length bias, votes, skips."""
+    s = report["summary"]
+    ppp, ln, v = s["pairs_per_prompt"], s["length_chars"], s["votes"]
+    skipped = f" ({s['skipped']} skipped)" if s["skipped"] else ""
     lines = [
-        f"audit of {report['path'] or 'pairs'}",
-        f"  records             {s['records']} ({s['skipped']} skipped by the loader)",
-        f"  prompts             {s['prompts']}; pairs per prompt min {ppp['min']}, median {ppp['median']:g}, max {ppp['max']}",
-        f"  distinct responses  {s['distinct_responses']}",
-        f"  flagged prompts     {s['prompts_flagged']} of {s['prompts']} ({s['flagged_share']:.1%}): "
+        f"{report['path'] or 'pairs'}: {s['records']} records{skipped}, {s['prompts']} prompts, {s['distinct_responses']} distinct "
+        f"responses; pairs per prompt min {ppp['min']}, median {ppp['median']:g}, max {ppp['max']}",
+        f"  flagged prompts: {s['prompts_flagged']} of {s['prompts']} ({s['flagged_share']:.1%}): "
         f"{s['prompts_with_contradictions']} with contradictions, {s['prompts_with_cycles']} with cycles",
-        f"  length (chars)      chosen mean {ln['chosen_mean']:.1f}, rejected mean {ln['rejected_mean']:.1f}; "
+        f"  length (chars): chosen mean {ln['chosen_mean']:.1f}, rejected mean {ln['rejected_mean']:.1f}; "
         f"chosen longer in {ln['chosen_longer']} of {s['records']} ({ln['chosen_longer_share']:.1%})",
     ]
     if v["records_with_votes"]:
-        lines.append(f"  votes               {v['records_with_votes']} records, {v['ties']} ties, {v['against_label']} against the label")
+        lines.append(f"  votes: {v['records_with_votes']} records with votes, {v['ties']} ties, {v['against_label']} against the label")
     for reason, d in (report.get("skipped") or {}).get("skipped", {}).items():
-        lines.append(f"  skipped {d['count']:>6}  {reason} (e.g. {', '.join(d['examples'])})")
+        lines.append(f"  skipped by the loader: {d['count']} {reason} (e.g. {', '.join(d['examples'])})")
     return lines
 
 
