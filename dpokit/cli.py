@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dpokit.config import ConfigError, TrainConfig, load_config
+from dpokit.data.records import DataError
 from dpokit.data.audit import DEFAULT_MAX_EXAMPLES
 from dpokit.losses import LOSSES
 
@@ -38,13 +39,9 @@ def _score_command(args) -> int:
 def _audit_command(args) -> int:
     """Audit a preference file; exit 2 when it cannot be read (an audit's findings are not failures)."""
     from dpokit.data.audit import audit_file, format_report, write_report
-    from dpokit.data.records import DataError
 
-    try:
+    try:  # a DataError (file:line:field) is reported by main()
         report = audit_file(args.path, split=args.split, max_examples=args.max_examples)
-    except DataError as e:  # already names file:line and field
-        print(f"dpokit: data error: {e}", file=sys.stderr)
-        return 2
     except (OSError, UnicodeDecodeError) as e:
         print(f"dpokit: cannot read {args.path}: {e}", file=sys.stderr)
         return 2
@@ -127,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run_command(args)
     except ConfigError as e:
         print(f"dpokit: config error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:  # file:line:field says where; a traceback would only bury it
+        print(f"dpokit: data error: {e}", file=sys.stderr)
         return 2
 
 

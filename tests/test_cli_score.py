@@ -86,11 +86,12 @@ def test_config_errors_are_clear(setup, capsys):
     assert main(["sft", "--config", "configs/dpo.yaml"]) == 2
 
 
-def test_bad_data_names_file_line_and_field(setup, tmp_path):
+def test_bad_data_names_file_line_and_field(setup, tmp_path, capsys):
     _, model_dir, _ = setup
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(PAIRS[0]) + "\n" + json.dumps({"prompt": "x", "chosen": 3, "rejected": "y"}) + "\n")
-    from dpokit.data.records import DataError
-
-    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'chosen'"):
-        main(["dpo", f"model={model_dir}", f"data={bad}", f"output_dir={tmp_path / 'x'}", "progress=false"])
+    code = main(["dpo", f"model={model_dir}", f"data={bad}", f"output_dir={tmp_path / 'x'}", "progress=false"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dpokit: data error:" in err and "bad.jsonl:2: field 'chosen'" in err
+    assert not (tmp_path / "x" / "final").exists()
