@@ -146,6 +146,18 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+def _calibration_lines(cal: dict | None) -> list[str]:
+    """Implicit margin vs ground-truth gap (dpokit.eval.calibration), when measured."""
+    if not cal or not cal.get("pairs"):
+        return []
+    rho = cal.get("spearman")
+    bins = "; ".join(
+        f"gap {_num(b['gap_min'])}–{_num(b['gap_max'])}: {_pct(b['accuracy'])} of {b['pairs']}" for b in cal.get("by_gap", [])
+    )
+    corr = f"Spearman ρ = {_num(rho)}" if rho is not None else "Spearman ρ undefined"
+    return [f"Implicit margin vs ground-truth gap on {cal['pairs']} held-out pairs: {corr}; accuracy by gap: {bins}."]
+
+
 def headline(summary: dict) -> list[str]:
     """Plain-number sentences about the run, one per measured quantity present."""
     g = lambda key: _get(summary, key)  # noqa: E731
@@ -173,6 +185,7 @@ def headline(summary: dict) -> list[str]:
         out.append(f"KL(π‖π_ref): {_num(g('kl'), 1)} nats (mean log-ratio over policy samples).")
     if g("implicit_accuracy") is not None:
         out.append(f"Implicit-reward accuracy on held-out pairs: {_pct(g('implicit_accuracy'))}.")
+    out.extend(_calibration_lines(g("margin_calibration")))
     rl, pl = g("reference.length_mean"), g("policy.length_mean")
     if rl is not None and pl is not None:
         out.append(f"Mean completion length: {_num(rl, 1)} tokens (reference), {_num(pl, 1)} (policy).")

@@ -143,3 +143,16 @@ def test_chromium_image_check_detects_a_broken_image(run, tmp_path):
     broken = tmp_path / "broken.html"
     broken.write_text(html_path.read_text().replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAA", 1))
     assert 'data-images-loaded="false"' in _body_attrs(tmp_path, broken)
+
+
+def test_headline_reports_margin_calibration():
+    cal = {"pairs": 6, "accuracy": 4 / 6, "spearman": 0.5, "by_gap": [
+        {"gap_min": 0.1, "gap_max": 0.2, "pairs": 3, "accuracy": 1 / 3, "mean_margin": 0.0},
+        {"gap_min": 0.5, "gap_max": 0.9, "pairs": 3, "accuracy": 1.0, "mean_margin": 1.5},
+    ]}
+    assert report.headline({"margin_calibration": cal}) == [
+        "Implicit margin vs ground-truth gap on 6 held-out pairs: Spearman ρ = 0.50; "
+        "accuracy by gap: gap 0.10–0.20: 33% of 3; gap 0.50–0.90: 100% of 3."
+    ]
+    assert report.headline({"margin_calibration": None}) == []
+    assert report.headline({"margin_calibration": {"pairs": 0}}) == []

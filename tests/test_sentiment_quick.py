@@ -27,3 +27,11 @@ def test_quick_sentiment_run(real_model_dir, tmp_path):
         assert (out / name).stat().st_size > 0
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 3
+    # Margin calibration on the held-out pairs: the same pairs and sign as the trainer's eval.
+    cal = summary["margin_calibration"]
+    heldout = (out / "heldout_pairs.jsonl").read_text().splitlines()
+    assert cal["pairs"] == len(heldout) == sum(b["pairs"] for b in cal["by_gap"])
+    assert cal["accuracy"] == pytest.approx(summary["implicit_accuracy"], abs=1e-9)
+    gaps = sorted(json.loads(r)["chosen_reward"] - json.loads(r)["rejected_reward"] for r in heldout)
+    assert cal["by_gap"][0]["gap_min"] == pytest.approx(gaps[0]) and cal["by_gap"][-1]["gap_max"] == pytest.approx(gaps[-1])
+    assert "Implicit margin vs ground-truth gap" in (out / "report.md").read_text()

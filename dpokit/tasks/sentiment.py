@@ -91,6 +91,30 @@ def evaluate_policy(cfg, policy, ref_model, tokenizer, ref_samples, reward_fn, h
     return pol_samples, pe.compare(ref_samples, pol_samples, policy_logps, ref_logps)
 
 
+def heldout_calibration(cfg, dpo_cfg, policy, ref_model, tokenizer, records: list[dict], path: Path) -> dict:
+    """Implicit margins β[(πc − rc) − (πr − rr)] (summed log-probs) of the held-out pairs
+    against their ground-truth reward gaps (dpokit.eval.calibration)."""
+    from dpokit.data.collate import resolve_pad_id
+    from dpokit.data.normalize import load_pairs
+    from dpokit.data.tokenize import tokenize_pairs
+    from dpokit.eval.calibration import margin_calibration
+    from dpokit.score import pair_logps
+    from dpokit.train.prepare import tokenize_settings
+
+    pairs, _ = load_pairs(str(path))
+    items, _ = tokenize_pairs(pairs, tokenizer, tokenize_settings(dpo_cfg))
+    if not items:
+        return margin_calibration([], [])
+    # Sources are "heldout_pairs.jsonl:LINE", one record per line: back to the record's rewards.
+    rows = [records[int(pairs[it.index].source.rsplit(":", 1)[1]) - 1] for it in items]
+    gaps = [r["chosen_reward"] - r["rejected_reward"] for r in rows]
+    pad_id, batch = resolve_pad_id(tokenizer), cfg.batch_size
+    pc, pr, _, _ = pair_logps(policy, items, pad_id, batch)
+    rc, rr, _, _ = pair_logps(ref_model, items, pad_id, batch)
+    margins = (cfg.beta * ((pc - rc) - (pr - rr))).tolist()
+    return margin_calibration(margins, gaps)
+
+
 def run_sentiment(cfg: SentimentConfig, log=print) -> dict:
     """Run the whole study; returns summary.json's content."""
     from dpokit.models import default_cache_dir, load_model, model_fingerprint
@@ -129,11 +153,16 @@ def run_sentiment(cfg: SentimentConfig, log=print) -> dict:
     )
     result = train(dpo_cfg, log=stage)
     pol_samples, numbers = evaluate_policy(cfg, result.model, ref_model, tokenizer, ref_samples, reward_fn, heldout, stage)
+    calibration = None
+    if heldout_pairs:
+        stage("implicit margins vs ground-truth gaps on held-out pairs")
+        calibration = heldout_calibration(cfg, dpo_cfg, result.model, ref_model, tokenizer, heldout_pairs, run_dir / "heldout_pairs.jsonl")
 
     summary = {
         "title": f"Sentiment control: {cfg.loss}, β={cfg.beta}",
         **numbers,
         "implicit_accuracy": (result.summary.get("eval") or {}).get("rewards/accuracies"),
+        "margin_calibration": calibration,
         "beta": cfg.beta, "loss": cfg.loss, "pairs": pair_counts, "train_steps": result.summary["steps"],
         "skipped_steps": result.summary["skipped_steps"], "model": cfg.model, "reference": {**numbers["reference"], "model": ref_name},
     }
