@@ -32,9 +32,10 @@ def _run(tmp_path, *extra) -> dict:
 
 
 def test_quick_dpokit_only_writes_documented_json(tmp_path):
-    report = _run(tmp_path, "--no-trl")
+    report = _run(tmp_path, "--no-trl", "--extras", "dpokit-lowmem")
     configs = report["configurations"]
-    assert set(configs) == {"dpokit-defaults", "dpokit-best"}
+    assert set(configs) == {"dpokit-defaults", "dpokit-best", "dpokit-lowmem"}
+    assert configs["dpokit-lowmem"]["options"]["optimizer_in_backward"] is True
     for name, entry in configs.items():
         assert "error" not in entry, entry.get("error")
         for key in ENTRY_KEYS:
