@@ -66,6 +66,7 @@ class TrainConfig:
     epochs: float = 1.0
     batch_size: int = 4  # pairs per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
+    microbatch_tokens: int = 0  # > 0: split each step's pairs into micro-batches of ≤ this many packed tokens
     max_grad_norm: float = 1.0  # 0 disables clipping
     seed: int = 0
     # --- engine ----------------------------------------------------------------------
@@ -242,10 +243,13 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ConfigError("batch_size and grad_accum must be ≥ 1")
     if cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError("max_prompt_length must be < max_length")
-    if cfg.optimizer_in_backward and (cfg.max_grad_norm > 0 or cfg.grad_accum > 1):
+    if cfg.microbatch_tokens < 0:
+        raise ConfigError("microbatch_tokens must be ≥ 0 (0 = micro-batches of batch_size pairs)")
+    if cfg.optimizer_in_backward and (cfg.max_grad_norm > 0 or cfg.grad_accum > 1 or cfg.microbatch_tokens > 0):
         raise ConfigError(
             "optimizer_in_backward updates each parameter during the backward pass: it cannot clip by "
-            "the global gradient norm or accumulate micro-batches; set max_grad_norm=0 and grad_accum=1"
+            "the global gradient norm or accumulate micro-batches; set max_grad_norm=0, grad_accum=1 "
+            "and microbatch_tokens=0"
         )
     if cfg.reference == "adapter" and cfg.lora.r <= 0:
         raise ConfigError("reference=adapter needs LoRA (lora.r > 0)")

@@ -80,7 +80,9 @@ def test_hooks_act_only_when_armed():
     stepper.remove()
 
 
-@pytest.mark.parametrize("bad", [{"max_grad_norm": 1.0}, {"max_grad_norm": 0.0, "grad_accum": 2}])
+@pytest.mark.parametrize(
+    "bad", [{"max_grad_norm": 1.0}, {"max_grad_norm": 0.0, "grad_accum": 2}, {"max_grad_norm": 0.0, "microbatch_tokens": 64}]
+)
 def test_config_rejects_clipping_and_accumulation(tmp_path, bad):
     with pytest.raises(ConfigError, match="optimizer_in_backward"):
         validate_train_config(make_cfg(tmp_path, optimizer_in_backward=True, **bad))

@@ -112,8 +112,7 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums, finite = MetricSums(), True
-        for m in range(0, len(items), cfg.batch_size):
-            micro = items[m : m + cfg.batch_size]
+        for micro in self._microbatches(items):
             losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes)
             if not torch.isfinite(losses).all():
                 finite = False
@@ -135,6 +134,17 @@ class Trainer:
         record["pairs_per_s"] = len(items) / elapsed
         record["skipped"] = not applied
         return record
+
+    def _microbatches(self, items: list) -> list[list]:
+        """Micro-batches of `batch_size` pairs, or, with `microbatch_tokens`, of at most that many
+        packed tokens each (a longer pair alone): activation memory then stays bounded however
+        long the pairs are. Losses are scaled by the pairs of the whole step either way."""
+        if self.cfg.microbatch_tokens > 0:
+            from dpokit.packing import plan_microbatches, segment_length
+
+            budget = max(self.cfg.microbatch_tokens, max(segment_length(p) for p in items))
+            return plan_microbatches(items, budget)
+        return [items[m : m + self.cfg.batch_size] for m in range(0, len(items), self.cfg.batch_size)]
 
     def _backward(self, loss: torch.Tensor) -> None:
         if self.stepper is None:
@@ -173,10 +183,10 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         sums = MetricSums()
-        for m in range(0, len(self.data.eval), self.cfg.batch_size):
-            micro = self.data.eval[m : m + self.cfg.batch_size]
-            losses, micro_sums = self._loss(micro, self.ref_eval, self.data.eval_votes)
-            sums.merge(micro_sums)
+        for start in range(0, len(self.data.eval), self.cfg.batch_size):
+            for micro in self._microbatches(self.data.eval[start : start + self.cfg.batch_size]):
+                _, micro_sums = self._loss(micro, self.ref_eval, self.data.eval_votes)
+                sums.merge(micro_sums)
         self.model.train(was_training)
         return {"step": step, "split": "eval", **sums.means()}
 
