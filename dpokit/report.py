@@ -186,6 +186,12 @@ def headline(summary: dict) -> list[str]:
     if g("implicit_accuracy") is not None:
         out.append(f"Implicit-reward accuracy on held-out pairs: {_pct(g('implicit_accuracy'))}.")
     out.extend(_calibration_lines(g("margin_calibration")))
+    change = g("likelihood_change")
+    if change:
+        both = change["chosen"] < 0 and change["rejected"] < 0
+        out.append(f"Log-likelihood change vs the reference on held-out pairs: chosen {_num(change['chosen'], 1)}, "
+                   f"rejected {_num(change['rejected'], 1)} nats per completion"
+                   + (" (both fell: likelihood displacement)." if both else "."))
     rl, pl = g("reference.length_mean"), g("policy.length_mean")
     if rl is not None and pl is not None:
         out.append(f"Mean completion length: {_num(rl, 1)} tokens (reference), {_num(pl, 1)} (policy).")

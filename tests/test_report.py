@@ -156,3 +156,10 @@ def test_headline_reports_margin_calibration():
     ]
     assert report.headline({"margin_calibration": None}) == []
     assert report.headline({"margin_calibration": {"pairs": 0}}) == []
+
+
+def test_headline_reports_likelihood_change():
+    line = report.headline({"likelihood_change": {"chosen": -2.94, "rejected": -40.3}})
+    assert line == ["Log-likelihood change vs the reference on held-out pairs: chosen -2.9, rejected -40.3 "
+                    "nats per completion (both fell: likelihood displacement)."]
+    assert report.headline({"likelihood_change": {"chosen": 1.0, "rejected": -3.0}})[0].endswith("per completion.")

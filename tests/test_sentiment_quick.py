@@ -35,3 +35,8 @@ def test_quick_sentiment_run(real_model_dir, tmp_path):
     gaps = sorted(json.loads(r)["chosen_reward"] - json.loads(r)["rejected_reward"] for r in heldout)
     assert cal["by_gap"][0]["gap_min"] == pytest.approx(gaps[0]) and cal["by_gap"][-1]["gap_max"] == pytest.approx(gaps[-1])
     assert "Implicit margin vs ground-truth gap" in (out / "report.md").read_text()
+    # Likelihood change = the eval's implicit rewards / β (nats per completion).
+    change = summary["likelihood_change"]
+    eval_rec = [json.loads(r) for r in (out / "policy" / "metrics.jsonl").read_text().splitlines() if '"eval"' in r][-1]
+    assert change["chosen"] == pytest.approx(eval_rec["rewards/chosen"] / summary["beta"])
+    assert change["rejected"] == pytest.approx(eval_rec["rewards/rejected"] / summary["beta"])

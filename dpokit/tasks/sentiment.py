@@ -91,6 +91,17 @@ def evaluate_policy(cfg, policy, ref_model, tokenizer, ref_samples, reward_fn, h
     return pol_samples, pe.compare(ref_samples, pol_samples, policy_logps, ref_logps)
 
 
+def likelihood_change(cfg, eval_record: dict | None) -> dict | None:
+    """Mean log π(y|x) − log π_ref(y|x) of held-out chosen and rejected completions, nats per
+    completion, from the trainer's final eval (implicit reward / β). DPO only needs chosen to
+    rise *relative* to rejected; both falling is likelihood displacement (Razin et al. 2024)."""
+    from dpokit.losses import get_loss
+
+    if not eval_record or get_loss(cfg.loss).reference_free or "rewards/chosen" not in eval_record:
+        return None  # reference-free losses report β·ℓ, not a log-ratio
+    return {"chosen": eval_record["rewards/chosen"] / cfg.beta, "rejected": eval_record["rewards/rejected"] / cfg.beta}
+
+
 def heldout_calibration(cfg, dpo_cfg, policy, ref_model, tokenizer, records: list[dict], path: Path) -> dict:
     """Implicit margins β[(πc − rc) − (πr − rr)] (summed log-probs) of the held-out pairs
     against their ground-truth reward gaps (dpokit.eval.calibration)."""
@@ -163,6 +174,7 @@ def run_sentiment(cfg: SentimentConfig, log=print) -> dict:
         **numbers,
         "implicit_accuracy": (result.summary.get("eval") or {}).get("rewards/accuracies"),
         "margin_calibration": calibration,
+        "likelihood_change": likelihood_change(cfg, result.summary.get("eval")),
         "beta": cfg.beta, "loss": cfg.loss, "pairs": pair_counts, "train_steps": result.summary["steps"],
         "skipped_steps": result.summary["skipped_steps"], "model": cfg.model, "reference": {**numbers["reference"], "model": ref_name},
     }
