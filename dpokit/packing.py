@@ -97,30 +97,72 @@ def _first_fit(lengths: list[int], budget: int) -> list[list[int]]:
     return bins
 
 
+# What a packed row costs, in token-units: width · (1 + ATTENTION_WEIGHT · width). The linear
+# layers cost the same per token; masked attention over a row costs its width squared.
+# Measured on SmolLM2-135M (benchmarks/README.md: one 672-token row vs two of ~350 run
+# 3.56 vs 3.42 s), which gives 2.9e-4; the FLOP ratio (attention ~4·d·L·3 per token per unit
+# width against 6·N per token) gives 2.6e-4.
+ATTENTION_WEIGHT = 2.9e-4
+
+
+def _deal(lengths: list[int], k: int) -> tuple[list[list[int]], list[int]]:
+    """Longest first, each segment to the currently shortest of k rows (LPT)."""
+    rows: list[list[int]] = [[] for _ in range(k)]
+    fill = [0] * k
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min(range(k), key=lambda r: (fill[r], r))
+        rows[r].append(i)
+        fill[r] += lengths[i]
+    return rows, fill
+
+
+def _check_budget(lengths: list[int], budget: int) -> None:
+    for i, n in enumerate(lengths):
+        if n > budget:
+            raise ValueError(f"pair at position {i} needs {n} tokens packed, over the budget of {budget}")
+
+
+def _tidy(rows: list[list[int]]) -> list[list[int]]:
+    # Inside a row positions keep their input order; rows are ordered by their first position.
+    return sorted(sorted(row) for row in rows if row)
+
+
 def balanced_rows(lengths: list[int], budget: int) -> list[list[int]]:
-    """Rows of item positions, each summing to at most `budget`, as few and as even as we can.
+    """The fewest rows of at most `budget` tokens that an even deal (LPT) finds.
 
     First-fit fills rows in order and leaves the last one short, yet every row is padded to
     the widest: 4 segments of ~168 tokens in 512-token rows give 504 + 168 tokens, padded to
     2 x 504 (33% waste). Here: start from k = ceil(total / budget) rows, deal the segments
-    longest first to the currently shortest row (LPT), and add a row whenever one overflows;
-    the same 4 segments become 2 rows of ~336 (no waste beyond a few tokens). Inside a row,
-    positions keep their input order; rows are ordered by their first position."""
-    if any(n > budget for n in lengths):
-        i = next(i for i, n in enumerate(lengths) if n > budget)
-        raise ValueError(f"pair at position {i} needs {lengths[i]} tokens packed, over the budget of {budget}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    longest first to the currently shortest row, and add a row whenever one overflows; the
+    same 4 segments become 2 rows of ~336."""
+    _check_budget(lengths, budget)
     k = max(1, -(-sum(lengths) // budget))
     while True:
-        rows: list[list[int]] = [[] for _ in range(k)]
-        fill = [0] * k
-        for i in order:
-            r = min(range(k), key=lambda r: (fill[r], r))
-            rows[r].append(i)
-            fill[r] += lengths[i]
+        rows, fill = _deal(lengths, k)
         if max(fill) <= budget or k >= len(lengths):
-            return sorted(sorted(row) for row in rows if row)
+            return _tidy(rows)
         k += 1
+
+
+def plan_rows(lengths: list[int], budget: int) -> list[list[int]]:
+    """The row layout that costs least, within rows of at most `budget` tokens.
+
+    Every row is padded to the widest, and attention grows with a row's square, so neither
+    "fewest rows" nor "one pair per row" is best in general: 4 pairs of ~270 tokens fit 3
+    rows of 512 only as 2+1+1, padded by 25%, while 2 rows of ~540 waste 1%. For each number
+    of rows k from the fewest that can fit up to one per segment, deal the segments evenly
+    (LPT) and keep the layout whose k · width · (1 + ATTENTION_WEIGHT · width) is smallest."""
+    _check_budget(lengths, budget)
+    best, best_cost = None, float("inf")
+    for k in range(max(1, -(-sum(lengths) // budget)), len(lengths) + 1):
+        rows, fill = _deal(lengths, k)
+        width = max(fill)
+        if width > budget:
+            continue
+        cost = k * width * (1 + ATTENTION_WEIGHT * width)
+        if cost < best_cost:
+            best, best_cost = rows, cost
+    return _tidy(best)
 
 
 def plan_microbatches(items: list[TokenizedPair], max_tokens: int) -> list[list[TokenizedPair]]:
@@ -187,8 +229,8 @@ def pack_pairs(
     *,
     mask_dtype: torch.dtype = torch.float32,
 ) -> PackedBatch:
-    """Pack pairs into rows of at most `max_tokens_per_row` tokens, as few and as even as
-    possible (`balanced_rows`); None puts every segment in a single row (no padding at all).
+    """Pack pairs into rows of at most `max_tokens_per_row` tokens, in the cheapest layout
+    (`plan_rows`); None puts every segment in a single row (no padding at all).
     Outputs of `packed_pair_logps` come back in the order of `items` whatever the rows.
 
     Row budget, measured (SmolLM2-135M, fp32, 1 CPU thread, 8 pairs of ~60/60/43 tokens,
@@ -202,7 +244,7 @@ def pack_pairs(
         raise ValueError("pack_pairs needs at least one pair")
     lengths = [segment_length(p) for p in items]
     budget = sum(lengths) if max_tokens_per_row is None else max_tokens_per_row
-    rows = balanced_rows(lengths, budget)
+    rows = plan_rows(lengths, budget)
     width = max(sum(lengths[i] for i in row) for row in rows)
     B = len(items)
 

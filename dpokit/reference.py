@@ -75,7 +75,7 @@ class _ModelReference(ReferenceBackend):
     batches). `autocast_bf16`: compute under bf16 autocast, as a policy trained with it does,
     so that policy and reference agree at step 0 (h = 0, DPO loss ln 2)."""
 
-    def __init__(self, model, *, chunk_size: int = DEFAULT_CHUNK, pack_tokens: int | None = 512, autocast_bf16: bool = False):
+    def __init__(self, model, *, chunk_size: int = DEFAULT_CHUNK, pack_tokens: int | None = 1024, autocast_bf16: bool = False):
         self.model, self.chunk_size, self.pack_tokens, self.autocast_bf16 = model, chunk_size, pack_tokens, autocast_bf16
 
     def _context(self):

@@ -16,7 +16,9 @@ from dpokit.data.collate import TokenizedPair, collate_pairs
 from dpokit.logprobs import logps_from_logits, sequence_logps
 from dpokit.packing import (
     PackedBatch,
+    ATTENTION_WEIGHT,
     balanced_rows,
+    plan_rows,
     pack_pairs,
     packed_pair_logps,
     plan_microbatches,
@@ -261,10 +263,41 @@ def test_balanced_rows_keep_budget_and_every_item_once():
         assert len(rows) <= len(lengths)
 
 
-def test_pack_pairs_uses_balanced_rows():
+def test_plan_rows_weighs_padding_against_attention():
+    cost = lambda k, w: k * w * (1 + ATTENTION_WEIGHT * w)  # noqa: E731
+    # 4 pairs of ~270 tokens: 512-token rows only fit one pair each (2+1+1 would overflow);
+    # a 1024 cap allows 2 rows of 540, cheaper than 4 rows padded to 300.
+    lengths = [300, 280, 260, 240]
+    assert plan_rows(lengths, 512) == [[0], [1], [2], [3]]
+    assert plan_rows(lengths, 1024) == [[0, 3], [1, 2]]
+    assert cost(2, 540) < cost(4, 300)
+    # Equal lengths need no padding one per row, and attention is then smallest.
+    assert plan_rows([168] * 4, 1024) == [[0], [1], [2], [3]]
+    # Benchmark-like lengths: pairs of 200/190/150/140 go two to a row (340, 340) rather than
+    # one per row padded to 200.
+    assert plan_rows([200, 190, 150, 140], 1024) == [[0, 3], [1, 2]]
+    assert cost(2, 340) < cost(4, 200)
+    # One long pair and short ones: a single row (no padding) beats padding a short row to 500.
+    assert plan_rows([500, 60, 50, 40], 1024) == [[0, 1, 2, 3]]
+    assert cost(1, 650) < cost(2, 500)
+
+
+def test_plan_rows_keeps_budget_and_every_item_once():
+    rng = random.Random(12)
+    for _ in range(200):
+        lengths = [rng.randint(1, 400) for _ in range(rng.randint(1, 12))]
+        budget = rng.randint(max(lengths), 1500)
+        rows = plan_rows(lengths, budget)
+        assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in r) <= budget for r in rows)
+
+
+def test_pack_pairs_uses_the_cheapest_layout():
     items = [TokenizedPair([1] * 4, [2] * 3, [3] * 3, i) for i in range(4)]  # 10 tokens each
-    packed = pack_pairs(items, PAD, 32)
-    assert packed.input_ids.shape == (2, 20)  # not (2, 30) as first-fit would pad
+    assert pack_pairs(items, PAD, 32).input_ids.shape == (4, 10)  # no padding, least attention
+    uneven = [TokenizedPair([1] * n, [2], [3], i) for i, n in enumerate((98, 8, 8, 8))]  # 100, 10, 10, 10
+    assert pack_pairs(uneven, PAD, 200).input_ids.shape == (1, 130)  # not 4 rows padded to 100
+    assert pack_pairs(uneven, PAD, 100).input_ids.shape == (2, 100)  # the cap forces the long one alone
 
 
 def test_planner_rejects_oversized_pair():
