@@ -302,3 +302,13 @@ def packed_pair_logps(
     counts = torch.bincount(packed.owner, minlength=2 * B)
     return sums[:B], sums[B:], counts[:B], counts[B:]
 
+
+
+def pairs_logps(model, items: list[TokenizedPair], pad_id: int, pack_tokens: int, chunk_size: int = DEFAULT_CHUNK):
+    """`packed_pair_logps` of `items` packed for `model`: rows of at most `pack_tokens` tokens
+    (a longer pair gets a row of its own rather than an error), the mask in the model's dtype,
+    on the model's device. What the policy step and the model references both call."""
+    budget = max(pack_tokens, max(segment_length(p) for p in items))
+    param = next(model.parameters())
+    packed = pack_pairs(items, pad_id, budget, mask_dtype=param.dtype).to(param.device)
+    return packed_pair_logps(model, packed, chunk_size=chunk_size)

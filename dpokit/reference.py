@@ -101,13 +101,10 @@ class _ModelReference(ReferenceBackend):
     def pair_logps(self, items: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pack_tokens is None:
             return super().pair_logps(items, pad_id)
-        from dpokit.packing import pack_pairs, packed_pair_logps, segment_length
+        from dpokit.packing import pairs_logps
 
         def compute():
-            budget = max(self.pack_tokens, max(segment_length(p) for p in items))
-            dtype = next(self.model.parameters()).dtype
-            packed = pack_pairs(items, pad_id, budget, mask_dtype=dtype).to(_model_device(self.model))
-            return packed_pair_logps(self.model, packed, chunk_size=self.chunk_size)[:2]
+            return pairs_logps(self.model, items, pad_id, self.pack_tokens, self.chunk_size)[:2]
 
         return self._run(compute)
 

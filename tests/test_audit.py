@@ -8,7 +8,8 @@ import random
 import pytest
 
 from dpokit.cli import main
-from dpokit.data.audit import audit_file, audit_pairs, find_cycle, strongly_connected_components
+from dpokit.data.audit import audit_file, audit_pairs
+from dpokit.data.preference_graph import find_cycle, strongly_connected_components
 from dpokit.data.records import PreferencePair
 
 

@@ -30,19 +30,11 @@ def policy_pair_logps(model, items: list[TokenizedPair], pad_id: int, cfg):
     mask, dpokit.packing); otherwise the padded [chosen; rejected] batch. Both are tested to
     give the same numbers."""
     if cfg.packing:
-        from dpokit.packing import pack_pairs, packed_pair_logps
+        from dpokit.packing import pairs_logps
 
-        dtype = next(model.parameters()).dtype
-        return packed_pair_logps(model, pack_pairs(items, pad_id, _row_budget(items, cfg), mask_dtype=dtype), chunk_size=cfg.chunk_size)
+        return pairs_logps(model, items, pad_id, cfg.pack_tokens, cfg.chunk_size)
     out = batch_logps(model, collate_pairs(items, pad_id), chunk_size=cfg.chunk_size)
     return out.split_pairs()
-
-
-def _row_budget(items: list[TokenizedPair], cfg) -> int:
-    # A pair longer than the budget gets a row of its own rather than an error.
-    from dpokit.packing import segment_length
-
-    return max(cfg.pack_tokens, max(segment_length(p) for p in items))
 
 
 def processed_tokens(items: list[TokenizedPair], cfg, *, pairs: bool = True) -> int:
