@@ -68,6 +68,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     microbatch_tokens: int = 0  # > 0: split each step's pairs into micro-batches of ≤ this many packed tokens
     max_grad_norm: float = 1.0  # 0 disables clipping
+    max_consecutive_skips: int = 5  # stop the run after this many non-finite steps in a row (≥ 1)
     seed: int = 0
     # --- engine ----------------------------------------------------------------------
     packing: bool = True  # prompt encoded once per pair ([prompt|chosen|rejected], block mask)
