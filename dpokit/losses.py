@@ -1,6 +1,6 @@
 """Preference losses: pure functions of per-pair log-probability tensors.
 
-Notation (design.md §2): πc, πr = policy log-probs of the chosen / rejected completion,
+Notation: πc, πr = policy log-probs of the chosen / rejected completion,
 rc, rr = the reference's, all of shape (batch,);
 
     h = (πc − rc) − (πr − rr)          the log-ratio margin

@@ -64,11 +64,6 @@ class PackedBatch:
     def num_pairs(self) -> int:
         return int(self.pair_index.shape[0])
 
-    @property
-    def num_tokens(self) -> int:
-        """Rows x width actually computed (real tokens plus padding)."""
-        return int(self.input_ids.numel())
-
     def to(self, device) -> "PackedBatch":
         return PackedBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
@@ -125,23 +120,6 @@ def _check_budget(lengths: list[int], budget: int) -> None:
 def _tidy(rows: list[list[int]]) -> list[list[int]]:
     # Inside a row positions keep their input order; rows are ordered by their first position.
     return sorted(sorted(row) for row in rows if row)
-
-
-def balanced_rows(lengths: list[int], budget: int) -> list[list[int]]:
-    """The fewest rows of at most `budget` tokens that an even deal (LPT) finds.
-
-    First-fit fills rows in order and leaves the last one short, yet every row is padded to
-    the widest: 4 segments of ~168 tokens in 512-token rows give 504 + 168 tokens, padded to
-    2 x 504 (33% waste). Here: start from k = ceil(total / budget) rows, deal the segments
-    longest first to the currently shortest row, and add a row whenever one overflows; the
-    same 4 segments become 2 rows of ~336."""
-    _check_budget(lengths, budget)
-    k = max(1, -(-sum(lengths) // budget))
-    while True:
-        rows, fill = _deal(lengths, k)
-        if max(fill) <= budget or k >= len(lengths):
-            return _tidy(rows)
-        k += 1
 
 
 def plan_rows(lengths: list[int], budget: int) -> list[list[int]]:
@@ -230,7 +208,8 @@ def pack_pairs(
     mask_dtype: torch.dtype = torch.float32,
 ) -> PackedBatch:
     """Pack pairs into rows of at most `max_tokens_per_row` tokens, in the cheapest layout
-    (`plan_rows`); None puts every segment in a single row (no padding at all).
+    (`plan_rows`); None sets no limit on a row's width (the planner may still choose
+    several rows, when they cost less than one long one).
     Outputs of `packed_pair_logps` come back in the order of `items` whatever the rows.
 
     Row budget, measured (SmolLM2-135M, fp32, 1 CPU thread, 8 pairs of ~60/60/43 tokens,

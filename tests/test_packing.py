@@ -17,7 +17,6 @@ from dpokit.logprobs import logps_from_logits, sequence_logps
 from dpokit.packing import (
     PackedBatch,
     ATTENTION_WEIGHT,
-    balanced_rows,
     plan_rows,
     pack_pairs,
     packed_pair_logps,
@@ -95,7 +94,7 @@ def test_mixed_pairs_respect_max_length():
         assert len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) <= MAX_LENGTH
 
 
-# Budgets: everything in one row; a budget that forces several pairs per row and several
+# Budgets: no row limit (the planner picks the cheapest layout); a budget that forces several pairs per row and several
 # rows; one pair per row (prefix sharing without packing).
 BUDGETS = [None, 80, max(segment_length(p) for p in mixed_pairs())]
 
@@ -240,24 +239,12 @@ def test_planner_keeps_budget_and_every_pair_once():
     assert [[p.index for p in mb] for mb in plan_microbatches(small, 10)] == [[0, 2], [1]]
 
 
-def test_balanced_rows_split_evenly_instead_of_filling_the_first_row():
-    # First-fit would give [504, 168], padded to 2 x 504; balanced rows give [336, 336].
-    assert balanced_rows([168, 168, 168, 168], 512) == [[0, 2], [1, 3]]
-    # Longest first to the shortest row: 9 | 5+4 | 3+3+2 for a budget of 10 and 3 rows.
-    rows = balanced_rows([5, 9, 3, 4, 3, 2], 10)
-    assert sorted(sum([5, 9, 3, 4, 3, 2][i] for i in r) for r in rows) == [8, 9, 9]
-    # A row is added when the even deal overflows: 6, 6, 6 in 10 needs 3 rows, not 2.
-    assert balanced_rows([6, 6, 6], 10) == [[0], [1], [2]]
-    assert balanced_rows([7], 7) == [[0]]
-
-
-@pytest.mark.parametrize("planner", [balanced_rows, plan_rows])
-def test_row_planners_keep_budget_and_every_item_once(planner):
+def test_row_planner_keeps_budget_and_every_item_once():
     rng = random.Random(11)
     for _ in range(200):
         lengths = [rng.randint(1, 400) for _ in range(rng.randint(1, 12))]
         budget = rng.randint(max(lengths), 1500)
-        rows = planner(lengths, budget)
+        rows = plan_rows(lengths, budget)
         assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
         assert all(sum(lengths[i] for i in r) <= budget for r in rows)
         assert all(r == sorted(r) for r in rows)

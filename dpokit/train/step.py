@@ -77,7 +77,7 @@ def pairwise_step(model, reference, items, pad_id, cfg, *, votes=None) -> tuple[
         rc, rr = reference.pair_logps(items, pad_id)
         logps += [rc / nc, rr / nr] if average else [rc, rr]
     losses, chosen_rewards, rejected_rewards = spec.fn(*logps, **_loss_kwargs(spec, cfg, items, votes))
-    if cfg.rpo_alpha:  # RPO: keep the chosen likelihood up (design.md §2)
+    if cfg.rpo_alpha:  # RPO (Pang et al. 2024): α·NLL(chosen)/|chosen| keeps the chosen likelihood up
         losses = losses + cfg.rpo_alpha * nll_loss(pc, nc)
     sums = MetricSums()
     sums.add_pairs(losses, chosen_rewards, rejected_rewards, pc.detach(), pr.detach())
