@@ -22,6 +22,9 @@ def test_same_weights_and_metrics_as_the_ordinary_step(tmp_path, optimizer, pack
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
         assert b["lr"] == a["lr"] and not b["skipped"]
+    # Both runs compute the same gradients in the same backward graph and apply the same optimizer
+    # kernel per tensor, so there is no gradient difference for AdamW to amplify: the weights agree
+    # to rounding (they are bit-equal on the machines tried), on any CPU.
     assert_same_weights(weights(plain.model), weights(inbwd.model), atol=1e-6)
     # The state an ordinary optimizer would checkpoint is the same too (moments, step counts).
     sa, sb = plain.optimizer.state_dict()["state"], inbwd.optimizer.state_dict()["state"]
