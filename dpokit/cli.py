@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dpokit.config import ConfigError, TrainConfig, load_config
+from dpokit.config import ConfigError, TrainConfig, config_source, load_config
 from dpokit.data.records import DataError
 from dpokit.data.audit import DEFAULT_MAX_EXAMPLES
 from dpokit.losses import LOSSES
 
 
 def _train_command(args, objective: str) -> int:
-    from dpokit.train.loop import train
+    from dpokit.preflight import check_run
 
-    cfg = load_config(TrainConfig, args.config, args.overrides, base={"objective": objective})
+    path = config_source(args.config) if args.config is not None else None
+    cfg = load_config(TrainConfig, path, args.overrides, base={"objective": objective})
     if cfg.objective != objective:
         raise ConfigError(f"`dpokit {objective}` with a config whose objective is {cfg.objective!r}")
+    check_run(cfg)
+    from dpokit.train.loop import train
+
     result = train(cfg, resume=args.resume)
     ev = result.summary.get("eval") or {}
     if ev:
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("sft", "supervised fine-tuning on chosen completions (makes a reference)"), ("dpo", f"pairwise preference training ({', '.join(LOSSES)})")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", help="YAML recipe (configs/)")
+        p.add_argument("--config", help=f"YAML file, or a packaged recipe: {name}")
         p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the latest checkpoint in output_dir, or from PATH")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.1 lora.r=8")
     p = sub.add_parser("score", help="per-pair log-probs and implicit reward margins")
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split of a datasets dir (default train)")
     p = sub.add_parser("run", help="run a case study end to end (e.g. sentiment)")
     p.add_argument("task")
-    p.add_argument("--config")
+    p.add_argument("--config", help="YAML file or packaged recipe name (default: TASK, --quick: TASK_quick)")
     p.add_argument("--quick", action="store_true", help="the small preset (minutes)")
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("demo", help="= dpokit run sentiment with the default recipe")

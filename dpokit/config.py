@@ -1,16 +1,24 @@
 """One config object per run: dataclasses filled from YAML, then `key=value` overrides.
 
 Unknown keys are rejected with the list of valid ones; values are checked against the field
-types; the resolved config is written beside the run's checkpoints (`config.yaml`).
+types and every numeric field against its `Range` (declared beside the field with `ranged`);
+the resolved config is written beside the run's checkpoints (`config.yaml`). Every defect of a
+config file or an override is a ConfigError: one line naming the file (and YAML line) or the
+key and its valid range, which the command line prints as is (exit 2).
+
+An empty YAML file is a valid config: all defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +29,89 @@ class ConfigError(ValueError):
     pass
 
 
+# ------------------------------------------------------------------------------------------
+# Valid ranges, declared per field
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of one numeric key: optional bounds (gt / ge / lt), and, for a float
+    key, finite (NaN and ±inf are never a setting). `note` says what a boundary value means."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    note: str = ""
+
+    def describe(self, is_float: bool) -> str:
+        lo = self.gt if self.gt is not None else self.ge
+        if lo is not None and self.lt is not None:
+            text = f"in {'(' if self.gt is not None else '['}{_num(lo)}, {_num(self.lt)})"
+        else:
+            bound = (f"> {_num(self.gt)}" if self.gt is not None else f"≥ {_num(self.ge)}" if self.ge is not None
+                     else f"< {_num(self.lt)}" if self.lt is not None else "")
+            text = " and ".join(part for part in (bound, "finite" if is_float else "") if part)
+        return f"{text} ({self.note})" if self.note else text
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+                and (self.lt is None or value < self.lt))
+
+    def check(self, key: str, value: float) -> None:
+        if not self.admits(value):
+            raise ConfigError(f"{key} must be {self.describe(isinstance(value, float))}, got {short(value)}")
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def ranged(default, **bounds):
+    """A dataclass field with the valid range `Range(**bounds)` (checked by `check_ranges`)."""
+    return field(default=default, metadata={"range": Range(**bounds)})
+
+
+SEED_RANGE = {"ge": 0, "lt": 2**32, "note": "numpy takes 32-bit seeds"}
+
+
+def check_ranges(cfg, prefix: str = "") -> None:
+    """Check every field that declares a Range, in nested sections too."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{prefix}{f.name}.")
+        elif "range" in f.metadata:
+            f.metadata["range"].check(prefix + f.name, value)
+
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlong = 30
+
+
+def short(value: Any) -> str:
+    """repr of a user value, bounded: a one-line message must stay one short line."""
+    return _short.repr(value)
+
+
+# ------------------------------------------------------------------------------------------
+# The settings
+
+
 @dataclass
 class LoraConfig:
-    r: int = 0  # LoRA rank; 0 trains the full model
-    alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
-    dropout: float = 0.0
+    """LoRA through peft, as the config file states it and as `models.load_model` takes it."""
+
+    r: int = ranged(0, ge=0, note="0 trains the full model")  # LoRA rank
+    alpha: int = ranged(16, gt=0)  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = ranged(0.0, ge=0, lt=1)
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
 
 
 @dataclass
@@ -42,52 +127,59 @@ class TrainConfig:
     data: str = "examples/pairs.jsonl"  # JSONL / JSON / Parquet / datasets dir
     split: str | None = None  # split of a datasets dir (default train)
     eval_data: str | None = None  # held-out file; None = carve eval_fraction out of `data`
-    eval_fraction: float = 0.1
+    eval_fraction: float = ranged(0.1, ge=0, lt=1)
     on_malformed: str = "raise"  # raise | skip (counted)
-    max_length: int = 512  # prompt + completion tokens
-    max_prompt_length: int = 256  # longer prompts keep their end
+    max_length: int = ranged(512, ge=2)  # prompt + completion tokens
+    max_prompt_length: int = ranged(256, ge=1)  # longer prompts keep their end
     prompt_overflow: str = "truncate"  # truncate | skip
     # --- loss ------------------------------------------------------------------------
     loss: str = "dpo"  # dpo | cdpo | robust | ipo | hinge | soft | simpo | orpo (last two: no reference)
-    beta: float = 0.1
-    label_smoothing: float = 0.0  # ε of cdpo / robust
+    beta: float = ranged(0.1, gt=0)
+    # ε of cdpo / robust: the assumed fraction of flipped labels (robust divides by 1 − 2ε)
+    label_smoothing: float = ranged(0.0, ge=0, lt=0.5)
     average_logps: bool | None = None  # per-token mean log-probs in h; None = the loss's default
-    rpo_alpha: float = 0.0  # weight of NLL(chosen)/|chosen| added to the pairwise loss (RPO)
-    simpo_gamma: float = 0.5  # SimPO target margin γ in −log σ(βℓc − βℓr − γ); paper: β≈2–2.5, γ/β≈0.5
-    orpo_lambda: float = 0.1  # ORPO weight λ of the odds-ratio term beside NLL(chosen)/|chosen| (0.1–0.25)
+    rpo_alpha: float = ranged(0.0, ge=0)  # weight of NLL(chosen)/|chosen| added to the pairwise loss (RPO)
+    simpo_gamma: float = ranged(0.5)  # SimPO target margin γ in −log σ(βℓc − βℓr − γ); paper: β≈2–2.5, γ/β≈0.5
+    orpo_lambda: float = ranged(0.1, ge=0)  # ORPO weight λ of the odds-ratio term beside NLL(chosen)/|chosen| (0.1–0.25)
     reference: str = "cached"  # cached (on disk) | copy (frozen copy) | adapter (LoRA disabled)
     # --- optimisation ----------------------------------------------------------------
     optimizer: str = "adamw"  # adamw | rmsprop
-    lr: float = 5e-6
-    weight_decay: float = 0.0
+    lr: float = ranged(5e-6, gt=0)
+    weight_decay: float = ranged(0.0, ge=0)
     schedule: str = "linear"  # constant | linear | cosine (after warmup)
-    warmup_steps: int = 0
-    max_steps: int = 0  # optimizer steps; 0 = run `epochs`
-    epochs: float = 1.0
-    batch_size: int = 4  # pairs per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    microbatch_tokens: int = 0  # > 0: split each step's pairs into micro-batches of ≤ this many packed tokens
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    max_consecutive_skips: int = 5  # stop the run after this many non-finite steps in a row (≥ 1)
-    seed: int = 0
+    warmup_steps: int = ranged(0, ge=0)
+    max_steps: int = ranged(0, ge=0, note="0 = run `epochs`")  # optimizer steps
+    epochs: float = ranged(1.0, ge=0)  # > 0 unless max_steps is set (validate_train_config)
+    batch_size: int = ranged(4, ge=1)  # pairs per micro-batch
+    grad_accum: int = ranged(1, ge=1)  # micro-batches per optimizer step
+    # > 0: split each step's pairs into micro-batches of ≤ this many packed tokens
+    microbatch_tokens: int = ranged(0, ge=0, note="0 = micro-batches of batch_size pairs")
+    max_grad_norm: float = ranged(1.0, ge=0, note="0 disables clipping")
+    max_consecutive_skips: int = ranged(5, ge=1)  # stop the run after this many non-finite steps in a row
+    seed: int = ranged(0, **SEED_RANGE)
     # --- engine ----------------------------------------------------------------------
     packing: bool = True  # prompt encoded once per pair ([prompt|chosen|rejected], block mask)
-    pack_tokens: int = 1024  # most tokens in one packed row; within it the cheapest layout (packing.plan_rows)
-    chunk_size: int = 2048  # tokens per output-head chunk
+    pack_tokens: int = ranged(1024, ge=1)  # most tokens in one packed row; within it the cheapest layout (packing.plan_rows)
+    chunk_size: int = ranged(2048, ge=1)  # tokens per output-head chunk
     gradient_checkpointing: bool = False
     tune_malloc: bool = True  # keep freed memory in the process (glibc): +25% steps/s on CPU
     optimizer_in_backward: bool = False  # update each parameter in backward, free its gradient (needs max_grad_norm 0, grad_accum 1)
     # --- evaluation, logging, checkpoints --------------------------------------------
-    eval_every: int = 0  # steps between held-out evaluations; 0 = only at the end
-    log_every: int = 1
-    save_every: int = 0  # steps between checkpoints; 0 = only the final model
-    keep_checkpoints: int = 2
+    eval_every: int = ranged(0, ge=0, note="0 = only at the end")  # steps between held-out evaluations
+    log_every: int = ranged(1, ge=0, note="0 = no metrics lines")  # steps between metrics lines
+    save_every: int = ranged(0, ge=0, note="0 = only the final model")  # steps between checkpoints
+    keep_checkpoints: int = ranged(2, ge=0, note="0 = keep all")
     output_dir: str = "runs/dpo"
     cache_dir: str | None = None  # default $DPOKIT_CACHE or ~/.cache/dpokit
     progress: bool = True
 
 
 # ------------------------------------------------------------------------------------------
+# Building a config from dicts
+
+_INT_LIMIT = 2**63  # every count and seed ends in a 64-bit integer (torch, numpy)
+
+
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -96,25 +188,48 @@ def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0])
+
+
+def _coerce_number(value: Any, tp: Any, key: str) -> Any:
+    """int / float fields: exact ints that fit in 64 bits; floats from numbers or strings."""
+    if isinstance(value, bool):
+        return None
+    if tp is int and isinstance(value, int):
+        if abs(value) >= _INT_LIMIT:
+            raise ConfigError(f"{key}: {short(value)} is too large (at most 2**63 - 1)")
+        return value
+    if tp is float and isinstance(value, (int, float, str)):
+        try:
+            # YAML 1.1 reads "3e-5" (no dot) as a string; accept what float() accepts.
+            return float(value)
+        except OverflowError:  # an int beyond a float's range
+            raise ConfigError(f"{key}: {short(value)} is too large for a float") from None
+        except ValueError:
+            return None
+    return None
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check / convert `value` to the annotated type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
+        return _coerce_union(value, tp, key)
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {short(value)}")
         (item_tp,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item_tp, key) for v in value]
     if tp is Any:
@@ -122,28 +237,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads "3e-5" (no dot) as a string; accept what float() accepts.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
+        raise ConfigError(f"{key}: expected true/false, got {short(value)}")
+    if tp in (int, float):
+        number = _coerce_number(value, tp, key)
+        if number is not None:
+            return number
     if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {short(value)}")
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass `cls` from a nested dict; unknown keys raise with the valid list."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    hints = _field_types(cls)
-    unknown = sorted(set(data) - set(hints))
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {short(data)}")
+    hints = {f.name: _field_types(cls)[f.name] for f in dataclasses.fields(cls)}
+    unknown = sorted(map(str, set(data) - set(hints)))  # YAML keys may be numbers or null
     if unknown:
         where = f" in '{prefix.rstrip('.')}'" if prefix else ""
         raise ConfigError(f"unknown config key(s){where}: {', '.join(unknown)}; valid keys: {', '.join(sorted(hints))}")
@@ -151,7 +260,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
     for name, value in data.items():
         tp = hints[name]
         if _is_dataclass_type(tp):
-            kwargs[name] = from_dict(tp, value or {}, f"{prefix}{name}.")
+            kwargs[name] = from_dict(tp, {} if value is None else value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
     return cls(**kwargs)
@@ -161,19 +270,30 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _override_value(item: str, raw: str) -> Any:
+    if raw == "":
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except (yaml.YAMLError, ValueError) as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})") from None
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """`["beta=0.1", "lora.r=8"]` → `{"beta": 0.1, "lora": {"r": 8}}` (values parsed as YAML)."""
     out: dict = {}
     for item in pairs:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
-        node = out
+        key, eq, raw = item.partition("=")
         parts = key.strip().split(".")
+        if not eq or not all(p.strip() for p in parts):
+            raise ConfigError(f"override {item!r} is not key=value (nested keys: section.key=value)")
+        node = out
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+            node = node.setdefault(part.strip(), {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part.strip()} was given a value, not a section")
+        node[parts[-1].strip()] = _override_value(item, raw)
     return out
 
 
@@ -187,28 +307,84 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None):
-    """Defaults ← `base` ← YAML file ← CLI overrides, validated into `cls`."""
-    data = dict(base or {})
-    if path is not None:
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = deep_merge(data, loaded)
-    data = deep_merge(data, parse_overrides(overrides or []))
-    cfg = from_dict(cls, data)
+# ------------------------------------------------------------------------------------------
+# Files: user YAML and the recipes shipped in the package (dpokit/configs)
+
+
+def recipes() -> list[str]:
+    """Names of the packaged recipes (`dpokit --config NAME`)."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("dpokit.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def recipe(name: str):
+    """The packaged recipe `name` (e.g. "dpo", "sentiment_quick"); ConfigError if there is none."""
+    path = resources.files("dpokit.configs") / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no packaged recipe {name!r}; packaged: {', '.join(recipes()) or 'none'} (is dpokit installed whole?)")
+    return path
+
+
+def config_source(arg: str | os.PathLike):
+    """`--config ARG`: an existing file, else a packaged recipe name without a path (`dpo`)."""
+    path = Path(arg)
+    if path.exists() or str(arg).endswith((".yaml", ".yml")) or len(path.parts) != 1:
+        return path
+    return recipe(str(arg))
+
+
+def read_yaml(path) -> dict:
+    """The mapping in YAML file `path` (a Path or a packaged Traversable); {} for an empty file."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML error: {e.problem or e.context}") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of more than 4300 digits
+        raise ConfigError(f"{path}: YAML error: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(cls, path=None, overrides: list[str] | None = None, base: dict | None = None):
+    """Defaults ← `base` ← YAML file ← CLI overrides, validated into `cls`.
+
+    A `validate(given)` method of `cls` receives the keys the file and the overrides name
+    (some keys are the caller's to set, not the user's)."""
+    given = read_yaml(Path(path) if isinstance(path, str) else path) if path is not None else {}
+    given = deep_merge(given, parse_overrides(overrides or []))
+    try:
+        cfg = from_dict(cls, deep_merge(dict(base or {}), given))
+    except RecursionError:
+        raise ConfigError(f"{path or 'overrides'}: nested too deeply") from None
     validate = getattr(cfg, "validate", None)
     if validate is None and isinstance(cfg, TrainConfig):
         validate_train_config(cfg)
     elif validate is not None:
-        validate()
+        validate(set(given))
     return cfg
 
 
 def save_config(cfg, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
+
+# ------------------------------------------------------------------------------------------
+# Rules across keys
 
 _CHOICES = {
     "objective": ("dpo", "sft"),
@@ -219,33 +395,35 @@ _CHOICES = {
     "optimizer": ("adamw", "rmsprop"),
     "schedule": ("constant", "linear", "cosine"),
 }
+_NOT_EMPTY = ("model", "data", "output_dir")
 
 
 def validate_train_config(cfg: TrainConfig) -> None:
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
-            raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{key}: {short(getattr(cfg, key))} is not one of {', '.join(choices)}")
+    for key in _NOT_EMPTY:
+        if not getattr(cfg, key).strip():
+            raise ConfigError(f"{key} must not be empty")
     from dpokit.losses import get_loss
 
     try:
         get_loss(cfg.loss)
     except ValueError as e:
         raise ConfigError(f"loss: {e}") from None
-    if cfg.beta <= 0:
-        raise ConfigError("beta must be > 0")
-    if not cfg.orpo_lambda >= 0:  # also rejects NaN
-        raise ConfigError(f"orpo_lambda must be ≥ 0, got {cfg.orpo_lambda}")
-    if not math.isfinite(cfg.simpo_gamma):
-        raise ConfigError(f"simpo_gamma must be finite, got {cfg.simpo_gamma}")
+    check_ranges(cfg)
+    _check_combinations(cfg)
+
+
+def _check_combinations(cfg: TrainConfig) -> None:
+    """Rules that involve more than one key (each key's own range is checked before)."""
+    if cfg.max_steps == 0 and cfg.epochs <= 0:
+        raise ConfigError(f"epochs must be > 0 when max_steps is 0, got {cfg.epochs:g}")
     if cfg.loss == "orpo" and cfg.average_logps is False:
         # Its odds and its NLL/|chosen| are defined on per-token mean log-probs (Hong et al. 2024).
         raise ConfigError("loss=orpo needs per-token mean log-probs: leave average_logps unset (or true)")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ConfigError("batch_size and grad_accum must be ≥ 1")
     if cfg.max_prompt_length >= cfg.max_length:
-        raise ConfigError("max_prompt_length must be < max_length")
-    if cfg.microbatch_tokens < 0:
-        raise ConfigError("microbatch_tokens must be ≥ 0 (0 = micro-batches of batch_size pairs)")
+        raise ConfigError(f"max_prompt_length must be < max_length ({cfg.max_length}), got {cfg.max_prompt_length}")
     if cfg.optimizer_in_backward and (cfg.max_grad_norm > 0 or cfg.grad_accum > 1 or cfg.microbatch_tokens > 0):
         raise ConfigError(
             "optimizer_in_backward updates each parameter during the backward pass: it cannot clip by "
@@ -254,3 +432,5 @@ def validate_train_config(cfg: TrainConfig) -> None:
         )
     if cfg.reference == "adapter" and cfg.lora.r <= 0:
         raise ConfigError("reference=adapter needs LoRA (lora.r > 0)")
+    if cfg.lora.r > 0 and not cfg.lora.target_modules:
+        raise ConfigError("lora.target_modules must name at least one module when lora.r > 0")

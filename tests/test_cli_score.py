@@ -83,7 +83,7 @@ def test_config_errors_are_clear(setup, capsys):
     assert "unknown config key(s): bta" in err and "beta" in err
     assert main(["dpo", "loss=dpoo"]) == 2
     assert "valid: cdpo, dpo" in capsys.readouterr().err
-    assert main(["sft", "--config", "configs/dpo.yaml"]) == 2
+    assert main(["sft", "--config", "dpo"]) == 2  # the packaged dpo recipe
 
 
 def test_bad_data_names_file_line_and_field(setup, tmp_path, capsys):

@@ -1,6 +1,6 @@
 import pytest
 
-from dpokit.config import ConfigError, TrainConfig, load_config, parse_overrides
+from dpokit.config import ConfigError, TrainConfig, load_config, parse_overrides, recipe
 from dpokit.tasks.sentiment_config import SentimentConfig
 
 
@@ -32,10 +32,10 @@ def test_bad_configs_are_rejected(override, message):
 
 
 def test_every_shipped_config_loads():
-    load_config(TrainConfig, "configs/dpo.yaml")
-    assert load_config(TrainConfig, "configs/sft.yaml").objective == "sft"
+    load_config(TrainConfig, recipe("dpo"))
+    assert load_config(TrainConfig, recipe("sft")).objective == "sft"
     for name in ("sentiment", "sentiment_quick"):
-        cfg = load_config(SentimentConfig, f"configs/{name}.yaml", ["pairs.per_prompt=6", "beta=0.5"])
+        cfg = load_config(SentimentConfig, recipe(name), ["pairs.per_prompt=6", "beta=0.5"])
         assert cfg.pairs.per_prompt == 6 and cfg.beta == 0.5
     with pytest.raises(ConfigError, match="pairs.samples_per_prompt"):
-        load_config(SentimentConfig, "configs/sentiment.yaml", ["pairs.samples_per_prompt=1"])
+        load_config(SentimentConfig, recipe("sentiment"), ["pairs.samples_per_prompt=1"])

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dpokit.config import ConfigError, load_config
+from dpokit.config import ConfigError, config_source, load_config, recipe
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 TASKS = ("sentiment",)
 
 
-def _default_config(task: str, quick: bool) -> Path | None:
-    path = CONFIG_DIR / (f"{task}_quick.yaml" if quick else f"{task}.yaml")
-    return path if path.exists() else None
+def _default_config(task: str, quick: bool):
+    """The packaged recipe of `task` (dpokit/configs); ConfigError if the install lacks it:
+    running on bare dataclass defaults instead would be a different study."""
+    return recipe(f"{task}_quick" if quick else task)
 
 
 def split_sweep(overrides: list[str]) -> tuple[list[str], str | None, list[str]]:
@@ -34,24 +34,32 @@ def split_sweep(overrides: list[str]) -> tuple[list[str], str | None, list[str]]
 def run_task(task: str, config: str | None, overrides: list[str], *, quick: bool = False, log=print) -> int:
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    from dpokit.tasks.sentiment import run_sentiment
+    from dpokit.preflight import check_run
     from dpokit.tasks.sentiment_config import SentimentConfig
 
-    path = config or _default_config(task, quick)
+    path = config_source(config) if config else _default_config(task, quick)
     plain, sweep_key, values = split_sweep(overrides)
-    if sweep_key is None:
-        run_sentiment(load_config(SentimentConfig, path, plain), log=log)
-        return 0
     base = load_config(SentimentConfig, path, plain)
+    runs = [(None, base)]
+    if sweep_key is not None:
+        runs = []
+        for value in values:
+            out = f"{base.output_dir}/{sweep_key}-{value}"
+            runs.append((value, load_config(SentimentConfig, path, plain + [f"{sweep_key}={value}", f"output_dir={out}"])))
+    for _, cfg in runs:  # every point is checked before the first one starts: a sweep takes hours
+        check_run(cfg)
+    from dpokit.tasks.sentiment import run_sentiment
+
+    if sweep_key is None:
+        run_sentiment(base, log=log)
+        return 0
     points = []
-    for value in values:
-        out = f"{base.output_dir}/{sweep_key}-{value}"
-        cfg = load_config(SentimentConfig, path, plain + [f"{sweep_key}={value}", f"output_dir={out}"])
-        log(f"=== sweep {sweep_key}={value} → {out}")
+    for value, cfg in runs:
+        log(f"=== sweep {sweep_key}={value} → {cfg.output_dir}")
         summary = run_sentiment(cfg, log=log)
         points.append({"label": f"{sweep_key}={value}", "kl": summary.get("kl"),
                        "reward_mean": summary["policy"]["reward_mean"], "reward_ci95": summary["policy"]["reward_ci95"],
-                       "win_rate": summary["win_rate"], "run_dir": out})
+                       "win_rate": summary["win_rate"], "run_dir": cfg.output_dir})
     write_sweep(Path(base.output_dir), points, log)
     return 0
 

@@ -5,39 +5,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dpokit.config import ConfigError, TrainConfig, validate_train_config
+from dpokit.config import SEED_RANGE, ConfigError, TrainConfig, ranged, validate_train_config
+
+# TrainConfig keys the study sets itself: it trains DPO on the pairs it builds and evaluates on
+# held-out prompts, so a value given for these would be silently overwritten.
+STUDY_SETS = ("objective", "data", "split", "eval_data", "eval_fraction")
 
 
 @dataclass
 class PromptsConfig:
-    n_train: int = 320  # training prompts (pairs are built from their samples)
-    n_heldout: int = 100  # held-out prompts for evaluation
-    seed: int = 0  # train / held-out split
+    n_train: int = ranged(320, ge=1)  # training prompts (pairs are built from their samples)
+    n_heldout: int = ranged(100, ge=1)  # held-out prompts for evaluation
+    seed: int = ranged(0, **SEED_RANGE)  # train / held-out split
 
 
 @dataclass
 class PairsConfig:
-    samples_per_prompt: int = 4  # K completions sampled from the reference per train prompt
-    per_prompt: int = 2  # ordered pairs kept per prompt, largest reward gap first; 0 = all
-    min_gap: float = 0.05  # reward differences below this are ties: dropped and counted
-    max_new_tokens: int = 40
-    temperature: float = 1.0
-    batch_size: int = 32  # sequences per generate() call
-    seed: int = 1
+    samples_per_prompt: int = ranged(4, ge=2, note="two samples make one pair")  # K completions sampled from the reference per train prompt
+    per_prompt: int = ranged(2, ge=0, note="0 = all")  # ordered pairs kept per prompt, largest reward gap first
+    min_gap: float = ranged(0.05, ge=0)  # reward differences below this are ties: dropped and counted
+    max_new_tokens: int = ranged(40, ge=1)
+    temperature: float = ranged(1.0, gt=0)
+    batch_size: int = ranged(32, ge=1)  # sequences per generate() call
+    seed: int = ranged(1, **SEED_RANGE)
 
 
 @dataclass
 class SftStage:
     enabled: bool = False  # Preferred-FT on the best completion first; the result is the reference
-    lr: float = 1.0e-5
-    epochs: float = 1.0
+    lr: float = ranged(1.0e-5, gt=0)
+    epochs: float = ranged(1.0, gt=0)
 
 
 @dataclass
 class EvalConfig:
-    samples_per_prompt: int = 2  # per held-out prompt, for reference and policy alike
-    seed: int = 2
-    examples: int = 6  # side-by-side examples in the report
+    samples_per_prompt: int = ranged(2, ge=1)  # per held-out prompt, for reference and policy alike
+    seed: int = ranged(2, **SEED_RANGE)
+    examples: int = ranged(6, ge=0)  # side-by-side examples in the report
 
 
 @dataclass
@@ -48,9 +52,23 @@ class SentimentConfig(TrainConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)
     reward: str = "sentiment"  # ground truth (dpokit.eval.rewards)
 
-    def validate(self) -> None:
-        validate_train_config(self)
-        if self.pairs.samples_per_prompt < 2:
-            raise ConfigError("pairs.samples_per_prompt must be ≥ 2 to form pairs")
-        if self.eval.samples_per_prompt < 1:
-            raise ConfigError("eval.samples_per_prompt must be ≥ 1")
+    def validate(self, given: set[str] = frozenset()) -> None:
+        """`given`: the keys the user's file and overrides name (load_config)."""
+        from dpokit.eval.rewards import REWARDS
+        from dpokit.tasks.sentiment_prompts import build_prompts
+
+        fixed = [key for key in STUDY_SETS if key in given]
+        if fixed:
+            raise ConfigError(f"{', '.join(fixed)}: set by the sentiment study itself (it trains on the pairs it "
+                              "builds, evaluates on held-out prompts); remove from the config")
+        validate_train_config(self)  # every field's range too, these sections' included
+        n_prompts = len(build_prompts())
+        if self.prompts.n_heldout >= n_prompts:
+            raise ConfigError(f"prompts.n_heldout must be < {n_prompts} (the study has {n_prompts} prompts), "
+                              f"got {self.prompts.n_heldout}")
+        if self.reward not in REWARDS:
+            raise ConfigError(f"reward: {self.reward!r} is not one of {', '.join(sorted(REWARDS))}")
+        if self.sft.enabled and self.lora.r > 0:
+            # The SFT stage's result would be a LoRA adapter, and the DPO stage loads its reference
+            # as a full model: merging the adapter first is not supported yet.
+            raise ConfigError("sft.enabled=true with LoRA (lora.r > 0) is not supported: set lora.r=0 or sft.enabled=false")

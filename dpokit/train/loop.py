@@ -76,10 +76,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         if model is None:
-            from dpokit.models import LoraSettings, load_model
+            from dpokit.models import load_model
 
-            lora = LoraSettings(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, tuple(cfg.lora.target_modules))
-            model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, lora=lora)
+            model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, lora=cfg.lora)
         self.model, self.tokenizer = model, tokenizer
         self.pad_id = resolve_pad_id(tokenizer)
         self.data = data or prepare_data(cfg, tokenizer, log)
