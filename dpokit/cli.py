@@ -9,6 +9,8 @@ from dpokit.config import ConfigError, TrainConfig, config_source, load_config
 from dpokit.data.records import DataError
 from dpokit.data.audit import DEFAULT_MAX_EXAMPLES
 from dpokit.losses import LOSSES
+from dpokit.train.checkpoint import CheckpointError
+from dpokit.train.loop import TrainingDiverged
 
 
 def _train_command(args, objective: str) -> int:
@@ -21,7 +23,7 @@ def _train_command(args, objective: str) -> int:
     check_run(cfg)
     from dpokit.train.loop import train
 
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, force=args.force)
     ev = result.summary.get("eval") or {}
     if ev:
         shown = {k: round(v, 4) for k, v in ev.items() if isinstance(v, float)}
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help=f"YAML file, or a packaged recipe: {name}")
         p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the latest checkpoint in output_dir, or from PATH")
+        p.add_argument("--force", action="store_true", help="resume despite changed data/config, or replace a previous run in output_dir")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.1 lora.r=8")
     p = sub.add_parser("score", help="per-pair log-probs and implicit reward margins")
     p.add_argument("--model", required=True)
@@ -132,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:  # file:line:field says where; a traceback would only bury it
         print(f"dpokit: data error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:  # names the file
+        print(f"dpokit: checkpoint error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:  # not bad input: the run itself failed
+        print(f"dpokit: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

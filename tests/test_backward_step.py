@@ -80,7 +80,6 @@ def test_hooks_act_only_when_armed():
     norm = stepper.end()
     assert norm == pytest.approx(math.sqrt(2 * 3 + 2))  # d/dW = ones(2,3), d/db = ones(2)
     torch.testing.assert_close(model.weight.detach(), before - 1.0)
-    stepper.remove()
 
 
 @pytest.mark.parametrize(

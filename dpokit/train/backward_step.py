@@ -35,7 +35,8 @@ class BackwardStepper:
         if len(optimizer.param_groups) != 1:
             # step() walks every group; with one group narrowed to one parameter nothing else moves.
             raise ValueError("optimizer in backward needs an optimizer with a single parameter group")
-        self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self._group]
+        for p in self._group:  # they live as long as the parameters: a Trainer never switches them off
+            p.register_post_accumulate_grad_hook(self._on_grad)
         self.active = False
         self._sq_norm: list[torch.Tensor] = []
         self.nonfinite = 0
@@ -71,8 +72,3 @@ class BackwardStepper:
         else:
             self.nonfinite += 1
         param.grad = None  # the point of it all: this gradient's memory goes back now
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []

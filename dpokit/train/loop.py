@@ -2,7 +2,13 @@
 
 Order of pairs: epoch e uses a permutation seeded by (seed, e); optimizer step s takes the
 next `batch_size × grad_accum` pairs of it. The data position is therefore a function of the
-step alone, which is what makes `resume` reproduce the uninterrupted run exactly.
+step alone, which is what makes `resume` reproduce the uninterrupted run exactly (with the
+optimizer, scheduler and RNG states from the checkpoint).
+
+A step whose loss or gradient is not finite is skipped (no update) and counted. After
+`max_consecutive_skips` such steps in a row the run stops with `TrainingDiverged`: no final
+model is written, train_summary.json says why, and the checkpoints kept are those written
+after an applied update (none is written while a streak of skips is running).
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ from tqdm.auto import tqdm
 from dpokit.config import TrainConfig, save_config, validate_train_config
 from dpokit.data.collate import resolve_pad_id
 from dpokit.train import checkpoint as ckpt
+from dpokit.train import rundir
 from dpokit.train.backward_step import BackwardStepper
-from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm
+from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm, json_safe
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.prepare import PreparedData, build_reference, prepare_data
 from dpokit.train.step import pairwise_step, processed_tokens, sft_step
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps; the message says which and what is kept."""
 
 
 @dataclass
@@ -72,9 +83,8 @@ class Trainer:
 
             tune_malloc()
         seed_everything(cfg.seed)
-        self.run_dir = Path(cfg.output_dir)
+        self.run_dir = Path(cfg.output_dir)  # files go in only from fit(), after rundir's checks
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
         if model is None:
             from dpokit.models import load_model
 
@@ -82,7 +92,6 @@ class Trainer:
         self.model, self.tokenizer = model, tokenizer
         self.pad_id = resolve_pad_id(tokenizer)
         self.data = data or prepare_data(cfg, tokenizer, log)
-        (self.run_dir / "data_report.json").write_text(json.dumps(self.data.report, indent=2))
         self.pairwise = cfg.objective == "dpo"
         self.ref_train = self.ref_eval = None
         if self.pairwise:
@@ -96,7 +105,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.stepper = BackwardStepper(self.optimizer) if cfg.optimizer_in_backward else None
         self._inbwd_norm = float("nan")
-        self.step, self.skipped_steps = 0, 0
+        self.skipped_steps, self.consecutive_skips = 0, 0
+        self._identity, self._last_train = None, {}
 
     # -- one optimizer step -------------------------------------------------------------
     def _loss(self, items, reference, votes):
@@ -128,7 +138,10 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
-        record = {"step": step + 1, "split": "train", **sums.means(), "lr": lr, "grad_norm": norm}
+        # A non-finite loss has no meaningful means (only part of the step may have run): NaN,
+        # which metrics.jsonl writes as null. A finite loss with a non-finite gradient keeps them.
+        means = sums.means() if finite else {"loss": float("nan")}
+        record = {"step": step + 1, "split": "train", **means, "lr": lr, "grad_norm": norm}
         record["tokens_per_s"] = processed_tokens(items, cfg, pairs=self.pairwise) / elapsed
         record["pairs_per_s"] = len(items) / elapsed
         record["skipped"] = not applied
@@ -190,69 +203,119 @@ class Trainer:
         return {"step": step, "split": "eval", **sums.means()}
 
     # -- the run ------------------------------------------------------------------------
-    def resume_from(self, resume) -> int:
-        path = Path(resume) if isinstance(resume, (str, Path)) and resume not in ("", "latest") else None
-        if path is None:
-            found = ckpt.list_checkpoints(self.run_dir)
-            if not found:
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
-            path = found[-1]
-        state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
-        if state.get("train_pairs") != len(self.data.train):
-            raise ValueError(f"{path}: checkpoint was made on {state.get('train_pairs')} train pairs, data now has {len(self.data.train)}")
-        self.skipped_steps = state.get("skipped_steps", 0)
-        self.log(f"resumed from {path} at step {state['step']}")
-        return int(state["step"])
+    def identity(self) -> dict:
+        if self._identity is None:
+            self._identity = rundir.run_identity(self.cfg, self.data)
+        return self._identity
+
+    def resume_from(self, path: Path, force: bool = False) -> int:
+        """Restore checkpoint `path` (refused if made on other data/config, unless `force`)."""
+        found = ckpt.read_checkpoint(path, self.optimizer, self.scheduler)
+        changes = rundir.resume_mismatches(found.state, self.identity())
+        if changes and not force:
+            raise ckpt.CheckpointError(
+                f"{path}: made with different {'; '.join(changes)}; resuming would not continue that run "
+                "(--force resumes anyway; or start a new output_dir)"
+            )
+        if changes:
+            self.log(f"warning: --force: resuming {path} despite {'; '.join(changes)}")
+        ckpt.restore_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.skipped_steps, self.consecutive_skips = found.state["skipped_steps"], 0
+        self.log(f"resumed from {path} at step {found.state['step']}")
+        return found.state["step"]
 
     def save(self, step: int) -> None:
-        state = {"skipped_steps": self.skipped_steps, "train_pairs": len(self.data.train), "total_steps": self.total_steps}
+        state = {"skipped_steps": self.skipped_steps, "total_steps": self.total_steps, **self.identity()}
         ckpt.save_checkpoint(
             self.run_dir, step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, state=state, cfg=self.cfg,
         )
         ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
 
-    def fit(self, resume=None) -> TrainResult:
+    def fit(self, resume=None, force: bool = False) -> TrainResult:
+        """Train to the end. `resume`: "latest" or a checkpoint path; `force`: see dpokit.train.rundir."""
         cfg = self.cfg
-        start = self.resume_from(resume) if resume else 0
-        writer = MetricsWriter(self.run_dir, resume_step=start if resume else None)
+        path = rundir.prepare_run_dir(cfg, resume=resume, force=force, log=self.log)
+        start = self.resume_from(path, force) if path else 0
+        save_config(cfg, self.run_dir / "config.yaml")
+        (self.run_dir / "data_report.json").write_text(json.dumps(self.data.report, indent=2))
+        writer = MetricsWriter(self.run_dir, resume_step=start if path else None)
         bar = tqdm(total=self.total_steps, initial=start, desc=cfg.objective, disable=not cfg.progress, dynamic_ncols=True)
-        last_train, last_eval, began = {}, None, time.time()
+        began = time.time()
+        try:
+            last_train, last_eval = self._run_steps(start, writer, bar)
+            last_eval = self.evaluate(self.total_steps) or last_eval
+            if last_eval:
+                writer.write(last_eval)
+        except TrainingDiverged as e:
+            self._write_summary(self._summary(self._last_train, None, time.time() - began, stopped=str(e)))
+            raise
+        finally:
+            bar.close()
+            writer.close()
+        return self._finish(last_train, last_eval, time.time() - began)
+
+    def _run_steps(self, start: int, writer: MetricsWriter, bar) -> tuple[dict, dict | None]:
+        cfg, last_eval = self.cfg, None
         for step in range(start, self.total_steps):
-            record = self.train_step(step)
-            last_train = record
-            if cfg.log_every and ((step + 1) % cfg.log_every == 0 or step + 1 == self.total_steps):
+            record = self._last_train = self.train_step(step)
+            if cfg.log_every and ((step + 1) % cfg.log_every == 0 or step + 1 == self.total_steps or record["skipped"]):
                 writer.write(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('rewards/accuracies', float('nan')):.2f}")
+            self._check_divergence(record)
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < self.total_steps:
                 last_eval = self.evaluate(step + 1)
                 if last_eval:
                     writer.write(last_eval)
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps:
+            # No checkpoint inside a streak of skips: the ones kept come after an applied update.
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps and not self.consecutive_skips:
                 self.save(step + 1)
-        bar.close()
-        last_eval = self.evaluate(self.total_steps) or last_eval
-        if last_eval:
-            writer.write(last_eval)
-        writer.close()
-        return self._finish(last_train, last_eval, time.time() - began)
+        return self._last_train, last_eval
 
-    def _finish(self, last_train: dict, last_eval: dict | None, elapsed: float) -> TrainResult:
-        summary = {
+    def _check_divergence(self, record: dict) -> None:
+        self.consecutive_skips = self.consecutive_skips + 1 if record["skipped"] else 0
+        n = self.consecutive_skips
+        if n < self.cfg.max_consecutive_skips:
+            return
+        kept = ckpt.list_checkpoints(self.run_dir)
+        raise TrainingDiverged(
+            f"training diverged: steps {record['step'] - n + 1}-{record['step']} ({n} in a row = max_consecutive_skips) "
+            f"had a non-finite loss or gradient; stopped without a final model. "
+            f"Last good checkpoint: {kept[-1] if kept else 'none'}. Lower lr (now {self.cfg.lr:g})"
+            + (" or set max_grad_norm > 0" if self.cfg.max_grad_norm == 0 else "")
+        )
+
+    def _summary(self, last_train: dict, last_eval: dict | None, elapsed: float, stopped: str | None = None) -> dict:
+        return {
             "objective": self.cfg.objective, "loss": self.cfg.loss, "beta": self.cfg.beta,
-            "steps": self.total_steps, "skipped_steps": self.skipped_steps,
+            "steps": self.total_steps, "skipped_steps": self.skipped_steps, "stopped": stopped,
             "train_last": last_train, "eval": last_eval, "data": self.data.report, "train_seconds": elapsed,
         }
+
+    def _write_summary(self, summary: dict) -> str:
+        # NaN/inf (a skipped step's loss) become null, as in metrics.jsonl: the file stays valid JSON.
+        clean = {k: json_safe(v) if isinstance(v, dict) else v for k, v in summary.items()}
+        text = json.dumps(clean, indent=2, default=float)
+        (self.run_dir / "train_summary.json").write_text(text)
+        return text
+
+    def _finish(self, last_train: dict, last_eval: dict | None, elapsed: float) -> TrainResult:
+        summary = self._summary(last_train, last_eval, elapsed)
         if self.skipped_steps:
             self.log(f"warning: {self.skipped_steps} step(s) skipped for non-finite loss/gradient")
-        text = json.dumps(summary, indent=2, default=float)
-        (self.run_dir / "train_summary.json").write_text(text)
+        text = self._write_summary(summary)
         final = ckpt.save_final_model(self.model, self.tokenizer, self.run_dir / "final", self.cfg, {"train_summary.json": text})
         self.log(f"saved {final}")
         return TrainResult(self.model, self.tokenizer, self.run_dir, final, summary)
 
 
-def train(cfg: TrainConfig, *, resume=None, model=None, tokenizer=None, data=None, log=print) -> TrainResult:
-    """Run SFT or a pairwise objective end to end; returns the trained model and summary."""
-    return Trainer(cfg, model=model, tokenizer=tokenizer, data=data, log=log).fit(resume=resume)
+def train(cfg: TrainConfig, *, resume=None, force: bool = False, model=None, tokenizer=None, data=None, log=print) -> TrainResult:
+    """Run SFT or a pairwise objective end to end; returns the trained model and summary.
+
+    `resume`: "latest" or a checkpoint path. `force`: resume despite changed data/config, or
+    start afresh over a previous run in output_dir (see dpokit.train.rundir)."""
+    validate_train_config(cfg)
+    rundir.prepare_run_dir(cfg, resume=resume, force=force, log=log)  # refuse before minutes of loading
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer, data=data, log=log)
+    return trainer.fit(resume=resume, force=force)

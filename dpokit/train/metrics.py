@@ -3,7 +3,9 @@
 Each metrics line is one JSON object in `metrics.jsonl` (and the same scalars as TensorBoard
 events under `tb/`): `step`, `split` ("train" | "eval"), `loss`, `rewards/chosen`,
 `rewards/rejected`, `rewards/margins`, `rewards/accuracies`, `logps/chosen`, `logps/rejected`,
-`lr`, `grad_norm`, `tokens_per_s`, ...
+`lr`, `grad_norm`, `tokens_per_s`, ..., `skipped` (true: the loss or gradient was not finite
+and no update was made; such a line is always written, and its `loss` is null when the loss
+itself was not finite). Non-finite numbers are written as null.
 """
 
 from __future__ import annotations
@@ -50,27 +52,47 @@ class MetricSums:
         return {k: v / max(self.pairs, 1) for k, v in self.sums.items()}
 
 
+def json_safe(record: dict) -> dict:
+    """NaN/inf floats as None (JSON null): a skipped step's loss, an empty step's grad norm."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        step = json.loads(line).get("step")
+    except (json.JSONDecodeError, AttributeError):
+        return None  # a line torn by a kill mid-write
+    return step if isinstance(step, int) else None
+
+
 class MetricsWriter:
-    """Appends metric dicts to metrics.jsonl and TensorBoard. On resume the JSONL is cut back
-    to the resumed step so the file reads as one uninterrupted run."""
+    """Appends metric dicts to metrics.jsonl and TensorBoard.
+
+    On resume both are cut back to the resumed step, so they read as one uninterrupted run
+    (a line torn by a kill is dropped). A fresh start never deletes an earlier run's metrics:
+    a non-empty metrics.jsonl is refused (dpokit.train.rundir decides before this is reached)."""
 
     def __init__(self, run_dir: Path, *, resume_step: int | None = None, tensorboard: bool = True) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
-        self._file = open(self.path, "a")
+            lines = [(l, _step_of(l)) for l in self.path.read_text().splitlines()]
+            kept = [l for l, step in lines if step is not None and step <= resume_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(l + "\n" for l in kept))
+            tmp.replace(self.path)  # a kill while cutting back leaves the old file, not half of it
+        elif resume_step is None and self.path.exists() and self.path.stat().st_size > 0:
+            raise FileExistsError(f"{self.path} holds an earlier run's metrics; not overwriting them")
+        self._file = open(self.path, "a" if resume_step is not None else "w")
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            # purge_step hides events logged after the resumed step (or all, on a fresh start).
+            purge = 0 if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge)
 
     def write(self, record: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
+        self._file.write(json.dumps(json_safe(record)) + "\n")
         self._file.flush()
         if self._tb is not None:
             prefix = record.get("split", "train")
