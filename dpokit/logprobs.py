@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from dpokit.data.collate import IGNORE_INDEX  # the batch layout's "not scored" label
+
 DEFAULT_CHUNK = 2048
 
 

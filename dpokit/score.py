@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dpokit.data.collate import TokenizedPair, collate_pairs, resolve_pad_id
+from dpokit.data.records import SkipReport, require_pairs
 from dpokit.logprobs import batch_logps
 
 
@@ -69,17 +70,39 @@ def summarize(rows: list[dict], beta: float, skips: dict) -> dict:
     }
 
 
-def score_file(model_name: str, ref_name: str, data: str, out: str, settings: ScoreSettings, log=print) -> dict:
-    """Write one JSON object per scored pair (input order) to `out` and a summary to
-    `<out stem>.summary.json`; return the summary."""
-    from dpokit.data.normalize import load_pairs
-    from dpokit.data.tokenize import TokenizeSettings, tokenize_pairs
-    from dpokit.models import load_model
+def summary_path(out: str | Path) -> Path:
+    """Where the summary of scores written to `out` goes: `<out>.summary.json`."""
+    out = Path(out)
+    return out.with_name(out.name + ".summary.json")
 
-    policy, tokenizer = load_model(model_name)
-    pairs, load_report = load_pairs(data, on_malformed=settings.on_malformed)
+
+def _tokenized(pairs, load_report, tokenizer, settings: ScoreSettings, name: str, log):
+    """(items, tokenize report) of the loaded pairs; the skip and truncation counts are
+    printed, zeros too; DataError when no pair is left."""
+    from dpokit.data.tokenize import TokenizeSettings, tokenize_pairs
+
     tok_settings = TokenizeSettings(max_length=settings.max_length, max_prompt_length=settings.max_prompt_length)
     items, tok_report = tokenize_pairs(pairs, tokenizer, tok_settings)
+    both = SkipReport().merge(load_report).merge(tok_report)
+    require_pairs(len(items), name, both)
+    log(f"data: {both.counts_line()}")
+    if both.total or both.truncations:
+        log(both.format())
+    return items, tok_report
+
+
+def score_file(model_name: str, ref_name: str, data: str, out: str, settings: ScoreSettings, log=print) -> dict:
+    """Write one JSON object per scored pair (input order) to `out` and a summary to
+    `<out>.summary.json`; return the summary. Skipped and truncated records are printed and
+    counted in the summary; a data set with no usable pair is a DataError (raised before
+    any model is loaded when the loader already drops every record)."""
+    from dpokit.data.normalize import load_pairs
+    from dpokit.models import load_model
+
+    pairs, load_report = load_pairs(data, on_malformed=settings.on_malformed)
+    require_pairs(len(pairs), Path(data).name, load_report)
+    policy, tokenizer = load_model(model_name)
+    items, tok_report = _tokenized(pairs, load_report, tokenizer, settings, Path(data).name, log)
     pad_id = resolve_pad_id(tokenizer)
     policy_out = pair_logps(policy, items, pad_id, settings.batch_size, settings.progress, "policy")
     del policy
@@ -90,8 +113,12 @@ def score_file(model_name: str, ref_name: str, data: str, out: str, settings: Sc
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarize(rows, settings.beta, {"loading": load_report.to_dict(), "tokenizing": tok_report.to_dict()})
-    summary_path = out_path.with_name(out_path.stem + ".summary.json")
-    summary_path.write_text(json.dumps(summary, indent=2))
-    log(f"scored {summary['pairs']} pairs: accuracy {summary['accuracy']:.3f}, mean margin {summary['mean_margin']:.4f} (β={settings.beta})")
-    log(f"wrote {out_path} and {summary_path}")
+    summary_file = summary_path(out_path)
+    summary_file.write_text(json.dumps(summary, indent=2))
+    skipped = load_report.total + tok_report.total
+    log(
+        f"scored {summary['pairs']} pairs ({skipped} skipped): accuracy {summary['accuracy']:.3f}, "
+        f"mean margin {summary['mean_margin']:.4f} (β={settings.beta})"
+    )
+    log(f"wrote {out_path} and {summary_file}")
     return summary

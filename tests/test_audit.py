@@ -284,7 +284,7 @@ def test_cli_prints_report_and_writes_json(data, tmp_path, capsys):
 
 
 README_EXAMPLE = """\
-pairs.jsonl: 9 records, 3 prompts, 7 distinct responses; pairs per prompt min 3, median 3, max 3
+pairs.jsonl: 9 records (0 skipped), 3 prompts, 7 distinct responses; pairs per prompt min 3, median 3, max 3
   flagged prompts: 2 of 3 (66.7%): 1 with contradictions, 1 with cycles
   length (chars): chosen mean 2.9, rejected mean 3.0; chosen longer in 2 of 9 (22.2%)
 duplicate pairs: 2 (3 redundant records)

@@ -47,7 +47,7 @@ def test_dpo_then_score(setup):
         assert r["margin"] == pytest.approx(0.5 * h, abs=1e-5)
         assert r["correct"] == (r["margin"] > 0)
         assert r["chosen_tokens"] > 0 and r["rejected_tokens"] > 0
-    summary = json.loads((tmp_path / "scores.summary.json").read_text())
+    summary = json.loads((tmp_path / "scores.jsonl.summary.json").read_text())  # <out>.summary.json, as the README says
     assert summary["pairs"] == 6
     assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 6)
     assert summary["accuracy"] >= 0.5  # trained on these very pairs

@@ -16,9 +16,11 @@ each record an edge chosen → rejected ("chosen ≻ rejected"). The audit repor
                      flagged prompts, chosen vs rejected length (a length-bias signal), votes
 
 Identity is exact: prompts compare after the loader's normalisation (chat prompts by their
-message lists), responses by their exact text (chat: the message list). `audit_pairs` /
-`audit_file` return one JSON-ready dict (schema in `audit_pairs`); `format_report` renders
-that same dict as text, so the two outputs never disagree.
+message lists; `records.prompt_key`, the rule the train/eval split uses too), responses by
+their exact text (chat: the message list). `audit_pairs` / `audit_file` return one
+JSON-ready dict (schema in `audit_pairs`); `format_report` renders that same dict as text,
+so the two outputs never disagree. Both outputs survive text that is not valid Unicode (a
+lone surrogate in a file name or in pairs built by hand): it is written escaped, `\\udcff`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from dpokit.data.normalize import load_pairs
 from dpokit.data.preference_graph import find_cycle, strongly_connected_components
-from dpokit.data.records import PreferencePair
+from dpokit.data.records import PreferencePair, part_key, prompt_key
 
 DEFAULT_MAX_EXAMPLES = 5
 PREVIEW_CHARS = 40
@@ -40,18 +42,6 @@ Part = str | list[dict]
 
 
 # ---------------------------------------------------------------- identity and previews
-
-
-def prompt_key(pair: PreferencePair) -> tuple[str, str]:
-    """The grouping key of a pair's prompt. The kind tag keeps a text prompt that happens
-    to look like JSON from colliding with a chat prompt's serialised message list."""
-    return ("chat", response_key(pair.prompt)) if pair.is_chat else ("text", pair.prompt)
-
-
-def response_key(part: Part) -> str:
-    """Exact identity of a text or chat part. sort_keys: message dicts compare by content,
-    not by the order their keys were written in (as Python's list equality does)."""
-    return part if isinstance(part, str) else json.dumps(part, sort_keys=True, ensure_ascii=False)
 
 
 def char_length(part: Part) -> int:
@@ -81,7 +71,7 @@ class PromptGroup:
     _ids: dict[str, int] = field(default_factory=dict, repr=False)
 
     def _node(self, part: Part) -> int:
-        key = response_key(part)
+        key = part_key(part)
         if key not in self._ids:
             self._ids[key] = len(self.responses)
             self.responses.append(part)
@@ -313,7 +303,8 @@ def write_report(report: dict, out: str | Path) -> None:
     """The audit as indented JSON (UTF-8, previews unescaped)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # backslashreplace: a lone surrogate becomes the JSON escape that reads back as itself.
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", errors="backslashreplace")
 
 
 # ---------------------------------------------------------------- text report
@@ -331,9 +322,8 @@ def _summary_lines(report: dict) -> list[str]:
     """The summary in three to five lines: sizes, flagged prompts, length bias, votes, skips."""
     s = report["summary"]
     ppp, ln, v = s["pairs_per_prompt"], s["length_chars"], s["votes"]
-    skipped = f" ({s['skipped']} skipped)" if s["skipped"] else ""
     lines = [
-        f"{report['path'] or 'pairs'}: {s['records']} records{skipped}, {s['prompts']} prompts, {s['distinct_responses']} distinct "
+        f"{report['path'] or 'pairs'}: {s['records']} records ({s['skipped']} skipped), {s['prompts']} prompts, {s['distinct_responses']} distinct "
         f"responses; pairs per prompt min {ppp['min']}, median {ppp['median']:g}, max {ppp['max']}",
         f"  flagged prompts: {s['prompts_flagged']} of {s['prompts']} ({s['flagged_share']:.1%}): "
         f"{s['prompts_with_contradictions']} with contradictions, {s['prompts_with_cycles']} with cycles",
@@ -380,4 +370,9 @@ def format_report(report: dict) -> str:
         lines += ["  " + line(ex) for ex in section["examples"]]
         if section["count"] > len(section["examples"]):
             lines.append(f"  … and {section['count'] - len(section['examples'])} more (--max-examples)")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates escaped (`\\udcff`), so that printing it cannot fail."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -21,11 +21,17 @@ A message is {"role": one of ROLES, "content": str}; keys with None values are d
 other keys are kept. Completions (chosen / rejected message lists) must start with an
 assistant message. A string answer in a conversational record becomes one assistant message.
 
-Structural problems raise `DataError` (file:line, field). Content problems are skips:
+Structural problems raise `DataError` (file:line, field), among them text that is not
+valid Unicode: a lone surrogate from a JSON escape such as "\\ud800" decodes to a Python str
+that cannot be encoded, so it would break the tokenizer and any output that shows it. A
+file with no records at all is a `DataError` too. Content problems are skips:
 
-    empty completion                  chosen or rejected is empty / whitespace only
-    identical chosen and rejected     equal after stripping surrounding whitespace: a
-                                      preference between them carries no signal
+    empty completion                  chosen or rejected shows nothing: empty, whitespace,
+                                      or invisible characters only (zero-width spaces and
+                                      joiners, BOM, soft hyphen, other format/control chars)
+    identical chosen and rejected     equal after dropping invisible characters and
+                                      surrounding whitespace: a preference between them
+                                      carries no signal
     empty prompt                      chat records with no prompt messages only. An empty
                                       TEXT prompt is kept: unconditional text is legitimate
                                       (tokenize gives it a start token).
@@ -33,20 +39,36 @@ Structural problems raise `DataError` (file:line, field). Content problems are s
 
 from __future__ import annotations
 
-import json
 import random
+import unicodedata
 from numbers import Integral
 from pathlib import Path
 
 from dpokit.data.formats import read_records
-from dpokit.data.records import DataError, PreferencePair, SkipPair, SkipReport
+from dpokit.data.records import DataError, PreferencePair, SkipPair, SkipReport, prompt_key
 
 ROLES = ("system", "user", "assistant", "tool")
 HH_ASSISTANT = "\n\nAssistant:"
+# Characters that render as nothing and are not whitespace (str.strip handles that, the
+# Zs/Zl/Zp separators included): control and format characters (U+200B-U+200D, U+2060,
+# U+FEFF, soft hyphen, ...), and letters and symbols drawn blank (Hangul fillers, braille
+# blank) or the combining grapheme joiner, which no category test catches.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf"})
+INVISIBLE_CHARS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f")
 
 
 def _type_name(value) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def _check_unicode(value: str, source: str, field: str) -> str:
+    """`value`, or DataError when it holds a lone surrogate (not encodable as UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise DataError(source, "not valid Unicode: a lone surrogate", field, detail=f"\\u{ord(bad):04x} at character {exc.start}") from None
+    return value
 
 
 def _messages(value, source: str, field: str) -> list[dict]:
@@ -65,6 +87,9 @@ def _messages(value, source: str, field: str) -> list[dict]:
             raise DataError(source, f"unknown role {role!r}; expected one of {list(ROLES)}", where)
         if not isinstance(content, str):
             raise DataError(source, f"'content' must be a string, got {_type_name(content)}", where)
+        for key, v in msg.items():  # other string keys (e.g. a name) may be rendered too
+            if isinstance(v, str):
+                _check_unicode(v, source, f"{where}.{key}")
         out.append({k: v for k, v in msg.items() if v is not None})
     return out
 
@@ -149,6 +174,9 @@ def _parts(raw: dict, source: str) -> tuple:
             raise DataError(source, "missing", name)
         if not isinstance(value, (str, list)):
             raise DataError(source, f"expected a string or a list of messages, got {_type_name(value)}", name)
+    for name in ("prompt", "chosen", "rejected"):
+        if isinstance(raw.get(name), str):
+            _check_unicode(raw[name], source, name)
     prompt, chosen, rejected = raw.get("prompt"), raw["chosen"], raw["rejected"]
     if prompt is None:  # implicit prompt: HH text or full conversations
         if isinstance(chosen, str) and isinstance(rejected, str):
@@ -169,16 +197,25 @@ def _parts(raw: dict, source: str) -> tuple:
     raise DataError(source, f"expected a string or a list of messages, got {_type_name(prompt)}", "prompt")
 
 
+def _invisible(ch: str) -> bool:
+    return not ch.isspace() and (ch in INVISIBLE_CHARS or unicodedata.category(ch) in INVISIBLE_CATEGORIES)
+
+
+def _visible_text(text: str) -> str:
+    """What a reader sees of `text`: no invisible characters, no surrounding whitespace."""
+    return "".join(ch for ch in text if not _invisible(ch)).strip()
+
+
 def _is_empty(part) -> bool:
     if isinstance(part, str):
-        return not part.strip()
-    return all(not m["content"].strip() for m in part)
+        return not _visible_text(part)
+    return all(not _visible_text(m["content"]) for m in part)
 
 
-def _stripped(part):
+def _visible(part):
     if isinstance(part, str):
-        return part.strip()
-    return [{**m, "content": m["content"].strip()} for m in part]
+        return _visible_text(part)
+    return [{**m, "content": _visible_text(m["content"])} for m in part]
 
 
 def normalize_record(raw, source: str) -> PreferencePair:
@@ -193,7 +230,7 @@ def normalize_record(raw, source: str) -> PreferencePair:
         raise SkipPair("empty prompt")
     if _is_empty(chosen) or _is_empty(rejected):
         raise SkipPair("empty completion")
-    if _stripped(chosen) == _stripped(rejected):
+    if _visible(chosen) == _visible(rejected):
         raise SkipPair("identical chosen and rejected")
     return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source=source, votes=votes, **finished)
 
@@ -205,7 +242,10 @@ def load_pairs(
 
     on_malformed="raise" (default): the first malformed record raises `DataError`.
     on_malformed="skip": malformed records are counted as skips `malformed: <why>`.
-    Content skips (empty completion, ...) are always counted, never raised."""
+    Content skips (empty completion, ...) are always counted, never raised. A file with no
+    records at all (empty, or blank lines only) raises `DataError`: it is surely not the
+    data set the caller meant. One whose records were all skipped returns no pairs and the
+    counts, for the caller to judge (`records.require_pairs`; the audit shows them)."""
     if on_malformed not in ("raise", "skip"):
         raise ValueError(f"on_malformed must be 'raise' or 'skip', got {on_malformed!r}")
     report = SkipReport()
@@ -224,11 +264,9 @@ def load_pairs(
             if on_invalid is None:
                 raise
             count_malformed(err)
+    if not pairs and not report.total:
+        raise DataError(Path(path).name, "holds no records")
     return pairs, report
-
-
-def _prompt_key(pair: PreferencePair) -> str:
-    return json.dumps(pair.prompt, sort_keys=True) if pair.is_chat else pair.prompt
 
 
 def split_pairs(pairs: list[PreferencePair], eval_fraction: float, seed: int) -> tuple[list, list]:
@@ -240,9 +278,9 @@ def split_pairs(pairs: list[PreferencePair], eval_fraction: float, seed: int) ->
     fraction is > 0 and there are two or more prompt groups; never all of them)."""
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    groups: dict[str, list[int]] = {}
+    groups: dict[tuple[str, str], list[int]] = {}
     for i, pair in enumerate(pairs):
-        groups.setdefault(_prompt_key(pair), []).append(i)
+        groups.setdefault(prompt_key(pair), []).append(i)
     keys = list(groups)  # first-seen order: deterministic, unlike set/hash order
     random.Random(seed).shuffle(keys)
     target = round(eval_fraction * len(pairs))

@@ -11,6 +11,7 @@ came from, so a message can point a user at the exact place to fix:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 # How many example sources a report keeps per reason: enough to find the records, short
@@ -46,6 +47,26 @@ class PreferencePair:
         return isinstance(self.prompt, list)
 
 
+def prompt_key(pair: PreferencePair) -> tuple[str, str]:
+    """The identity of a pair's prompt: one rule for the train/eval split (pairs of a prompt
+    stay on one side) and the audit (pairs grouped by prompt). The kind tag keeps a text
+    prompt that happens to look like JSON from colliding with a chat prompt's serialised
+    message list."""
+    return ("chat", part_key(pair.prompt)) if pair.is_chat else ("text", pair.prompt)
+
+
+def part_key(part: str | list[dict]) -> str:
+    """Exact identity of a text or chat part. sort_keys: message dicts compare by content,
+    not by the order their keys were written in (as Python's list equality does)."""
+    return part if isinstance(part, str) else json.dumps(part, sort_keys=True, ensure_ascii=False)
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks turned into spaces: an error message is one line, even
+    when a library's message or a file name holds a newline."""
+    return " ".join(text.splitlines())
+
+
 class DataError(ValueError):
     """A malformed record or file. The message names the place and the field:
 
@@ -53,13 +74,13 @@ class DataError(ValueError):
 
     `reason` is the part after the source without `detail` (values that vary from record
     to record): with `on_malformed="skip"` it is the counted skip reason, so that records
-    broken the same way are counted together."""
+    broken the same way are counted together. The message is always one line."""
 
     def __init__(self, source: str, reason: str, field: str | None = None, detail: str | None = None):
         self.source = source
         self.field = field
         self.reason = f"field '{field}': {reason}" if field else reason
-        super().__init__(f"{source}: {self.reason}" + (f" ({detail})" if detail else ""))
+        super().__init__(one_line(f"{source}: {self.reason}" + (f" ({detail})" if detail else "")))
 
 
 class SkipPair(Exception):
@@ -151,6 +172,13 @@ class SkipReport:
         """JSON-ready: {"skipped_total", "skipped": {reason: {count, examples}}, "truncated": {...}}."""
         return {"skipped_total": self.total, "skipped": self.skipped.to_dict(), "truncated": self.truncated.to_dict()}
 
+    def counts_line(self) -> str:
+        """One line with both totals, zeros included, e.g. `2 skipped (2 empty completion),
+        0 truncated`; truncations count shortened parts, as in `format`."""
+        n_trunc = sum(self.truncated.counts.values())
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.counts.items()))
+        return f"{self.total} skipped" + (f" ({why})" if why else "") + f", {n_trunc} truncated"
+
     def format(self) -> str:
         """A human summary, e.g. for the console at the start of a run."""
         if not self.skipped.counts and not self.truncated.counts:
@@ -162,3 +190,10 @@ class SkipReport:
             n = sum(self.truncated.counts.values())
             parts += [f"truncated {n} part(s) of kept records:"] + self.truncated.lines()
         return "\n".join(parts)
+
+
+def require_pairs(count: int, name: str, report: SkipReport) -> None:
+    """DataError naming `name` and the skip counts when no pair is left to use: a run, or a
+    score, over nothing would only hide that every record was dropped."""
+    if count == 0:
+        raise DataError(name, "no usable pairs", detail=report.counts_line())

@@ -1,12 +1,23 @@
 """PreferencePair -> TokenizedPair: prompt ids, and each completion's ids ending with EOS once
 (none for a completion the record marks unfinished).
 
+Special-token text is refused, never encoded: a prompt, completion or chat message (any
+string field) that contains a special token's text (`<|im_end|>`, `<|im_start|>user`,
+`<|endoftext|>`, every added token the tokenizer marks special) skips its pair, counted as
+"field 'chosen': holds special-token text '<|im_end|>'". Encoded, such text would become the
+real control token: a user message could close its turn and open a system one (prompt
+injection into the chat format), and a completion ending in `<|im_end|>` would end twice
+(double EOS). Encoding it as plain characters instead would quietly train the model to
+write markup. Refusing is also what makes the simple encoding below safe: content holds no
+special-token text, so special tokens arise only where the chat template (or the
+tokenizer's BOS) writes them, and content next to template markup cannot join it into one
+(every special token starts with its own opening character, never with content's tail).
+
 Text pairs:
     prompt      tokenizer(prompt) WITH its special tokens (BOS if the tokenizer adds one).
                 An empty prompt that encodes to nothing gets one start token (BOS, else EOS)
                 so the first completion token is predicted from something and is scored.
-    completion  tokenizer(text, add_special_tokens=False) + [EOS]; EOS is not doubled when
-                the text already ends with the EOS token.
+    completion  tokenizer(text, add_special_tokens=False) + [EOS].
 Chat pairs:
     prompt      template(prompt, add_generation_prompt=True), encoded without special tokens
                 (templates write their own BOS).
@@ -18,9 +29,9 @@ Chat pairs:
 Unfinished completions (`chosen_finished` / `rejected_finished` False: cut off, e.g. at
 max_new_tokens): no EOS is appended, so the last real token is the last scored one. DPO
 would otherwise learn "stop here" from chosen and "don't" from rejected completions at cut
-points the model never chose. Text: tokenizer(text) as is; text that ends with the EOS token
-contradicts the flag and is a DataError. Chat: the templated completion is cut before its
-final EOS (the turn did not end); a template that writes no EOS leaves it as rendered.
+points the model never chose. Text: tokenizer(text) as is. Chat: the templated completion
+is cut before its final EOS (the turn did not end); a template that writes no EOS leaves it
+as rendered.
 
 Truncation (settings):
     1. prompt longer than max_prompt_length: keep its END (a leading BOS is kept too), or
@@ -28,7 +39,10 @@ Truncation (settings):
     2. each completion cut to keep its START so len(prompt) + len(completion) <= max_length;
        a cut completion has no EOS (it did not end). If not one completion token fits, the
        pair is skipped ("no room for the completion within max_length").
-Truncations are counted in the report's separate truncation tally, never as skips.
+Truncations are counted in the report's separate truncation tally, never as skips. A pair
+whose chosen and rejected ids are equal carries no signal and is skipped: "identical after
+truncation" when both were cut to the same start, "identical after tokenization" when the
+tokenizer maps two different texts to the same ids.
 """
 
 from __future__ import annotations
@@ -45,6 +59,8 @@ SKIP_NO_ROOM = "no room for the completion within max_length"
 TRUNC_PROMPT = "prompt: kept its end"
 TRUNC_CHOSEN = "chosen: kept its start"
 TRUNC_REJECTED = "rejected: kept its start"
+SKIP_IDENTICAL_TRUNCATED = "identical after truncation"
+SKIP_IDENTICAL_TOKENS = "identical after tokenization"
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,34 @@ def _encode(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def special_texts(tokenizer) -> list[str]:
+    """The text of every special token: the named ones (EOS, BOS, pad, ...) and each added
+    token marked special (SmolLM2 has `<filename>`, `<jupyter_code>`, ... besides chat markup)."""
+    added = (t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+    return sorted(t for t in set(tokenizer.all_special_tokens) | set(added) if t)
+
+
+def _strings(part, field: str):
+    """(field name, string) of every string a part holds (chat: each message's values)."""
+    if isinstance(part, str):
+        yield field, part
+        return
+    for i, msg in enumerate(part):
+        for key, value in msg.items():
+            if isinstance(value, str):
+                yield f"{field}[{i}].{key}", value
+
+
+def refuse_special_text(pair: PreferencePair, tokenizer) -> None:
+    """SkipPair when any string of `pair` holds special-token text (module docstring)."""
+    specials = special_texts(tokenizer)
+    for name in ("prompt", "chosen", "rejected"):
+        for field, text in _strings(getattr(pair, name), name):
+            for token in specials:
+                if token in text:
+                    raise SkipPair(f"field '{field}': holds special-token text {token!r}")
+
+
 def _finished(pair: PreferencePair, field: str) -> bool:
     """Whether completion `field` ("chosen" / "rejected") ended by itself."""
     return getattr(pair, f"{field}_finished")
@@ -86,18 +130,12 @@ def _finished(pair: PreferencePair, field: str) -> bool:
 
 def _text_completion(tokenizer, pair: PreferencePair, field: str, eos: int) -> list[int]:
     ids = _encode(tokenizer, getattr(pair, field), special=False)
-    ends_with_eos = bool(ids) and ids[-1] == eos
-    if _finished(pair, field):
-        return ids if ends_with_eos else ids + [eos]
-    if ends_with_eos:
-        # Keeping it would train the very stop the flag says never happened; dropping it
-        # would silently rewrite the user's text. Ask instead.
-        raise DataError(pair.source, f"marked unfinished ({field}_finished: false) but the text ends with the EOS token", field)
-    return ids
+    return ids + [eos] if _finished(pair, field) else ids
 
 
 def encode_text(pair: PreferencePair, tokenizer) -> tuple[list[int], list[int], list[int]]:
-    """Untruncated (prompt, chosen, rejected) ids of a text pair."""
+    """Untruncated (prompt, chosen, rejected) ids of a text pair; SkipPair for special-token text."""
+    refuse_special_text(pair, tokenizer)
     eos = _eos_id(tokenizer)
     prompt = _encode(tokenizer, pair.prompt, special=True)
     if not prompt:
@@ -134,7 +172,8 @@ def _chat_completion(tokenizer, pair: PreferencePair, prompt_ids: list[int], fie
 
 
 def encode_chat(pair: PreferencePair, tokenizer) -> tuple[list[int], list[int], list[int]]:
-    """Untruncated (prompt, chosen, rejected) ids of a chat pair."""
+    """Untruncated (prompt, chosen, rejected) ids of a chat pair; SkipPair for special-token text."""
+    refuse_special_text(pair, tokenizer)
     eos = _eos_id(tokenizer)
     prompt = _templated(tokenizer, pair.prompt, generation_prompt=True)
     chosen = _chat_completion(tokenizer, pair, prompt, "chosen", eos)
@@ -174,12 +213,16 @@ def truncate_ids(
 def tokenize_pair(
     pair: PreferencePair, tokenizer, settings: TokenizeSettings, index: int, report: SkipReport | None = None
 ) -> TokenizedPair:
-    """One pair -> TokenizedPair(index=index). Raises SkipPair (pair dropped) or DataError
-    (chat template mismatch); truncations are added to `report` when one is given."""
+    """One pair -> TokenizedPair(index=index). Raises SkipPair (pair dropped: special-token
+    text, no room, identical ids) or DataError (chat template mismatch); truncations of a
+    kept pair are added to `report` when one is given."""
     encode = encode_chat if pair.is_chat else encode_text
     prompt, chosen, rejected = encode(pair, tokenizer)
     bos = tokenizer.bos_token_id
     prompt, chosen, rejected, events = truncate_ids(prompt, chosen, rejected, settings, bos)
+    if chosen == rejected:
+        cut = TRUNC_CHOSEN in events or TRUNC_REJECTED in events
+        raise SkipPair(SKIP_IDENTICAL_TRUNCATED if cut else SKIP_IDENTICAL_TOKENS)
     if report is not None:
         for reason in events:
             report.add_truncation(reason, pair.source)

@@ -30,26 +30,39 @@ def _votes(pairs) -> dict[int, tuple[int, int]]:
     return {i: tuple(p.votes) for i, p in enumerate(pairs) if getattr(p, "votes", None)}
 
 
+def _split(cfg, pairs, log_reports):
+    """(train pairs, eval pairs): `eval_data` when given (its load report joins
+    `log_reports`), else a held-out fraction of `pairs`, else no eval."""
+    from dpokit.data.normalize import load_pairs, split_pairs
+    from dpokit.data.records import require_pairs
+
+    if cfg.eval_data:
+        eval_pairs, eval_load_report = load_pairs(cfg.eval_data, on_malformed=cfg.on_malformed)
+        require_pairs(len(eval_pairs), Path(cfg.eval_data).name, eval_load_report)
+        log_reports.merge(eval_load_report)
+        return pairs, eval_pairs
+    if cfg.eval_fraction > 0:
+        return split_pairs(pairs, cfg.eval_fraction, cfg.seed)
+    return pairs, []
+
+
 def prepare_data(cfg, tokenizer, log=print) -> PreparedData:
     """Read `cfg.data` (and `cfg.eval_data`), validate, split, tokenize; print and return
-    the skip counts (nothing is dropped silently)."""
-    from dpokit.data.normalize import load_pairs, split_pairs
+    the skip counts (nothing is dropped silently; the totals are printed even when zero).
+    A data set with no usable pair left is a DataError naming the file and the counts."""
+    from dpokit.data.normalize import load_pairs
+    from dpokit.data.records import SkipReport, require_pairs
     from dpokit.data.tokenize import tokenize_pairs
 
+    name = Path(cfg.data).name
     pairs, load_report = load_pairs(cfg.data, split=cfg.split, on_malformed=cfg.on_malformed)
-    if cfg.eval_data:
-        train_pairs = pairs
-        eval_pairs, eval_load_report = load_pairs(cfg.eval_data, on_malformed=cfg.on_malformed)
-        load_report.merge(eval_load_report)
-    elif cfg.eval_fraction > 0:
-        train_pairs, eval_pairs = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
-    else:
-        train_pairs, eval_pairs = pairs, []
+    require_pairs(len(pairs), name, load_report)
+    train_pairs, eval_pairs = _split(cfg, pairs, load_report)
     settings = tokenize_settings(cfg)
     train, train_report = tokenize_pairs(train_pairs, tokenizer, settings)
     evals, eval_report = tokenize_pairs(eval_pairs, tokenizer, settings)
-    if not train:
-        raise ValueError(f"{cfg.data}: no usable pairs left after validation\n{load_report.format()}\n{train_report.format()}")
+    everything = SkipReport().merge(load_report).merge(train_report).merge(eval_report)
+    require_pairs(len(train), name, everything)
     report = {
         "records_read": len(pairs) + load_report.total,
         "loading": load_report.to_dict(),
@@ -58,9 +71,9 @@ def prepare_data(cfg, tokenizer, log=print) -> PreparedData:
         "train_pairs": len(train),
         "eval_pairs": len(evals),
     }
-    log(f"data: {len(train)} train / {len(evals)} eval pairs from {cfg.data}")
+    log(f"data: {len(train)} train / {len(evals)} eval pairs from {cfg.data}; {everything.counts_line()}")
     for title, rep in (("loading", load_report), ("tokenizing train", train_report), ("tokenizing eval", eval_report)):
-        if rep.total or getattr(rep, "counts", None):
+        if rep.total or rep.truncations:
             log(f"data ({title}): {rep.format()}")
     return PreparedData(train, evals, _votes(train_pairs), _votes(eval_pairs), report)
 
