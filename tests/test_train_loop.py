@@ -1,10 +1,12 @@
-"""The loop: accumulation equals one big batch, resume equals the uninterrupted run,
-NaN steps are skipped and never saved, SFT and DPO move their metrics the right way."""
+"""The loop: accumulation equals one big batch, resume equals the uninterrupted run (RNG and
+counters included), NaN steps are skipped and never saved and too many in a row stop the run,
+SFT and DPO move their metrics the right way."""
 
 import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from dpokit.config import TrainConfig
 from dpokit.data.collate import TokenizedPair
 from dpokit.testing import tiny_model, tiny_tokenizer
 from dpokit.train import checkpoint as ckpt
-from dpokit.train.loop import StepOrder, Trainer
+from dpokit.train.loop import StepOrder, Trainer, TrainingDiverged
 from dpokit.train.metrics import read_metrics
 from dpokit.train.prepare import PreparedData
 
@@ -162,7 +164,93 @@ def test_resume_equals_uninterrupted_run(tmp_path, packing, extra):
     resumed.fit(resume="latest")
     resumed_losses = [r["loss"] for r in read_metrics(resumed.run_dir / "metrics.jsonl") if r["split"] == "train"]
     assert resumed_losses == pytest.approx(full_losses[3:], rel=1e-6)
-    assert_same_weights(full_weights, weights(resumed.model), atol=1e-7)
+    assert_identical_weights(full_weights, weights(resumed.model))
+
+
+def assert_identical_weights(a, b):
+    """Bit for bit: a resume runs the very same operations as the uninterrupted run."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def nan_loss_on_steps(trainer, monkeypatch, steps: set[int]) -> None:
+    """The loss is NaN on these optimizer steps (1-based; counts _loss calls, so one
+    micro-batch per step and no evaluation before the last of them)."""
+    real, calls = trainer._loss, {"n": 0}
+
+    def loss(items, reference, votes):
+        losses, sums = real(items, reference, votes)
+        calls["n"] += 1
+        return (losses * float("nan") if calls["n"] in steps else losses), sums
+
+    monkeypatch.setattr(trainer, "_loss", loss)
+
+
+def test_resume_with_dropout_restores_the_rng_exactly(tmp_path):
+    """LoRA dropout draws masks from the torch RNG every step: a resume that did not restore
+    the RNG state would give steps 4-6 other masks, hence other weights."""
+    from dpokit.config import LoraConfig
+    from dpokit.models import apply_lora
+
+    def lora_trainer(name):
+        cfg = make_cfg(tmp_path / name, max_steps=6, save_every=3, lora=LoraConfig(r=4, alpha=8, dropout=0.5))
+        data = PreparedData(tiny_pairs(16), [])
+        return Trainer(cfg, model=apply_lora(tiny_model(), cfg.lora), tokenizer=tiny_tokenizer(), data=data, log=lambda *a: None)
+
+    full = lora_trainer("full")
+    full.fit()
+    part = lora_trainer("part")
+    for s in range(3):
+        part.train_step(s)
+    part.save(3)
+    resumed = lora_trainer("part")
+    resumed.fit(resume="latest")
+    assert_identical_weights(weights(full.model), weights(resumed.model))
+
+
+def test_resume_keeps_the_step_and_skip_counters(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, max_steps=6, save_every=3)
+    part = make_trainer(cfg)
+    nan_loss_on_steps(part, monkeypatch, {2})
+    for s in range(3):
+        part.train_step(s)
+    part.save(3)
+    resumed = make_trainer(cfg)
+    result = resumed.fit(resume="latest")
+    assert [r["step"] for r in read_metrics(resumed.run_dir / "metrics.jsonl") if r["split"] == "train"] == [4, 5, 6]
+    assert result.summary["skipped_steps"] == 1
+
+
+def test_resume_restores_python_numpy_and_torch_rng(tmp_path):
+    trainer = make_trainer(make_cfg(tmp_path, max_steps=4))
+    trainer.train_step(0)
+    trainer.save(1)
+    expected = (random.random(), np.random.rand(), torch.rand(3))  # drawn from the saved states
+    again = make_trainer(make_cfg(tmp_path, max_steps=4))  # reseeds every generator
+    again.resume_from(ckpt.list_checkpoints(again.run_dir)[-1])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_isolated_skips_reset_the_count_and_the_run_finishes(tmp_path, monkeypatch):
+    """max_consecutive_skips=2 with steps 2 and 4 skipped: never two in a row, so the run ends
+    normally; no checkpoint is written at a skipped step."""
+    trainer = make_trainer(make_cfg(tmp_path, max_steps=6, save_every=1, keep_checkpoints=0, max_consecutive_skips=2))
+    nan_loss_on_steps(trainer, monkeypatch, {2, 4})
+    result = trainer.fit()
+    assert result.summary["skipped_steps"] == 2 and result.summary["stopped"] is None
+    assert (trainer.run_dir / "final" / "model.safetensors").exists()
+    assert [p.name for p in ckpt.list_checkpoints(trainer.run_dir)] == [f"checkpoint-00000{s}" for s in (1, 3, 5)]
+
+
+def test_consecutive_skips_stop_the_run(tmp_path, monkeypatch):
+    trainer = make_trainer(make_cfg(tmp_path, max_steps=6, save_every=1, max_consecutive_skips=2))
+    nan_loss_on_steps(trainer, monkeypatch, {3, 4})
+    with pytest.raises(TrainingDiverged, match="steps 3-4"):
+        trainer.fit()
+    assert not (trainer.run_dir / "final").exists()
+    assert [p.name for p in ckpt.list_checkpoints(trainer.run_dir)] == ["checkpoint-000001", "checkpoint-000002"]
 
 
 def test_nan_step_is_skipped_counted_and_not_saved(tmp_path, monkeypatch):

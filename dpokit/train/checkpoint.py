@@ -19,8 +19,9 @@ for what it must hold (keys, types, shapes) before anything is restored; a defec
 
 Writes go to `.checkpoint-000040.tmp-PID`; every file and directory in it is fsynced, then it
 is renamed into place and the run directory fsynced, so neither a kill nor a power cut leaves a
-renamed but incomplete checkpoint. A kill mid-write leaves the temp directory behind;
-`dpokit.train.rundir.clean_temp_dirs` removes it at the next start.
+renamed but incomplete checkpoint. A kill mid-write (or mid-prune) leaves a hidden
+`.NAME.tmp-PID` (`.old-PID`, `.del-PID`) directory behind; `dpokit.train.rundir.clean_temp_dirs`
+removes it at the next start.
 """
 
 from __future__ import annotations
@@ -180,10 +181,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints. Each is renamed to `.NAME.del-PID` first:
+    a kill mid-delete then leaves debris the next start removes, not a half checkpoint."""
     if keep <= 0:
         return
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old)
+        doomed = old.parent / f".{old.name}.del-{os.getpid()}"
+        old.rename(doomed)
+        shutil.rmtree(doomed)
 
 
 # -- reading: every file checked before anything is restored --------------------------------
@@ -294,7 +299,7 @@ def _rng_state(folder: Path) -> dict:
         try:
             rng[name] = parse()
             check(rng[name])
-        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
+        except Exception as e:  # whatever a generator rejects a state with (numpy: even IndexError)
             raise CheckpointError(f"{path}: not a valid {name} RNG state ({type(e).__name__}: {e})") from None
     return rng
 
@@ -327,8 +332,10 @@ def read_checkpoint(path: Path, optimizer, scheduler) -> Checkpoint:
     _refuse_pickles(path)
     state = _read_json(path / STATE_JSON)
     check_like(state, STATE_SCHEMA, path / STATE_JSON)
-    if state["format"] != FORMAT or state["step"] < 0:
-        raise CheckpointError(f"{path / STATE_JSON}: format {state['format']} step {state['step']}; expected format {FORMAT}, step >= 0")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"{path / STATE_JSON}: checkpoint format {state['format']}; this dpokit reads format {FORMAT} only (safetensors + JSON)")
+    if state["step"] < 0 or state["skipped_steps"] < 0:
+        raise CheckpointError(f"{path / STATE_JSON}: step and skipped_steps must be >= 0")
     sched = _read_json(path / SCHEDULER_JSON)
     check_like(sched, scheduler.state_dict(), path / SCHEDULER_JSON)
     return Checkpoint(path, state, _read_weights(path / "model"), _optimizer_state(path, optimizer), sched, _rng_state(path))

@@ -41,12 +41,13 @@ NON_TRAJECTORY_KEYS = frozenset({
     "tune_malloc", "max_consecutive_skips", "gradient_checkpointing",
     "data", "split", "eval_data", "eval_fraction", "on_malformed", "max_length", "max_prompt_length", "prompt_overflow",
 })
-TEMP_DIR = re.compile(r"^\.(?P<name>checkpoint-\d+|final)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+TEMP_DIR = re.compile(r"^\.(?P<name>checkpoint-\d+|final)\.(?P<kind>tmp|old|del)-(?P<pid>\d+)$")
 OWNED_DIR = re.compile(rf"^(final|{PREFIX}\d+)$")
 
 
 def clean_temp_dirs(run_dir: Path, log=print) -> list[str]:
-    """Remove what a killed checkpoint/final write left behind (see checkpoint.atomic_directory).
+    """Remove what a killed checkpoint/final write or checkpoint prune left behind (see
+    checkpoint.atomic_directory and prune_checkpoints).
 
     One case is finished work, not debris: killed between the two renames of a replacement,
     NAME is missing and `.NAME.old-PID` (the replaced version) exists; `.NAME.tmp-PID` is then
