@@ -118,7 +118,7 @@ def ppo_token_rewards(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tens
         r_t = −β·k1_t                       on every completion token
         r_T += score                        at the last valid token T of each row
 
-    (Ziegler et al. 2019 §2.2, InstructGPT eq. 2: R = r_θ(x, y) − β log π(y|x)/π_ref(y|x),
+    (Ziegler et al. 2019; InstructGPT eq. 2: R = r_θ(x, y) − β log π(y|x)/π_ref(y|x),
     with the log-ratio spread over tokens.) `scores` is (batch,)."""
     valid = _valid(mask)
     kl = torch.where(valid, kl_k1(logp, ref_logp), torch.zeros((), dtype=logp.dtype, device=logp.device))
@@ -214,14 +214,15 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# KL coefficient controllers (Ziegler et al. 2019, §2.2). State is plain floats, so a
+# KL coefficient controllers (Ziegler et al. 2019). State is plain floats, so a
 # controller goes into a JSON checkpoint with `asdict` and comes back with `kl_controller`.
 
 
 @dataclass
 class AdaptiveKLController:
     """β ← β (1 + e·n/horizon),  e = clip(KL/target − 1, −0.2, 0.2)  after a batch of n samples
-    whose measured KL was `KL` (Ziegler et al. 2019 eq. in §2.2, with K_β = n/horizon, as TRL)."""
+    whose measured KL was `KL` (the log-space proportional controller of Ziegler et al. 2019,
+    with their K_β = n/horizon as TRL has it)."""
 
     beta: float
     target: float
@@ -268,7 +269,7 @@ def kl_controller(state: dict) -> AdaptiveKLController | FixedKLController:
 
 
 # ---------------------------------------------------------------------------------------------
-# RLOO (Ahmadian et al. 2024, "Back to basics", eq. 6)
+# RLOO (Ahmadian et al. 2024, "Back to basics"; the leave-one-out baseline of Kool et al. 2019)
 
 
 def rloo_rewards(scores: Tensor, kl: Tensor, *, beta: float) -> Tensor:
@@ -303,8 +304,8 @@ def rloo_advantages(rewards: Tensor, k: int | None = None) -> Tensor:
 
 
 def best_of_n_kl(n: int) -> float:
-    """KL(π_BoN ‖ π) ≤ log N − (N−1)/N (Stiennon et al. 2020 App. G.3; a bound, not the exact
-    value, per Beirami et al. 2024). 0 at N = 1."""
+    """KL(π_BoN ‖ π) ≤ log N − (N−1)/N: the formula used for Best-of-N since Stiennon et al.
+    2020, which Beirami et al. 2024 prove is an upper bound, not the exact value. 0 at N = 1."""
     if int(n) != n or n < 1:
         raise ValueError(f"N must be an integer >= 1, got {n}")
     return math.log(n) - (n - 1) / n
@@ -316,7 +317,8 @@ def expected_max_of_n(scores: Tensor, n: int) -> Tensor:
 
         E[max of N] = Σ_{i=N..M} C(i−1, N−1) / C(M, N) · s_(i)      (s_(1) ≤ … ≤ s_(M))
 
-    (s_(i) is the max of exactly C(i−1, N−1) subsets). One set of M samples per prompt thus
+    (s_(i) is the max of exactly C(i−1, N−1) subsets; the same U-statistic idea as the pass@k
+    estimator of Chen et al. 2021). One set of M samples per prompt thus
     gives the whole Best-of-N curve N = 1..M. float64 result, shape = scores.shape[:-1]."""
     m = scores.shape[-1]
     if int(n) != n or not 1 <= n <= m:
