@@ -88,7 +88,8 @@ def load_reward_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "fl
 # Scoring
 
 
-def _backbone_and_head(model):
+def backbone_and_head(model):
+    """(backbone, scalar `score` head) of a reward or value model, peft-wrapped or not."""
     # peft wraps the classifier; LoRA layers live inside its modules, so the unwrapped parts
     # still apply them.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -101,7 +102,7 @@ def _backbone_and_head(model):
 def score_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
     """(N,) float32 rewards: the head applied to the backbone's hidden state at `last_index`
     of each row (right-padded rows; the positions are given, never guessed from pad ids)."""
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return head(hidden[rows, last_index]).squeeze(-1).float()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from dpokit.logprobs import model_body_and_head, token_logps
+from dpokit.rlhf.reward_model import backbone_and_head, score_rows
 
 
 @dataclass
@@ -95,18 +96,9 @@ def policy_token_entropy(model, batch: RolloutBatch, chunk_size: int = 256) -> t
     return torch.tensor(total / max(h.shape[0], 1))
 
 
-def value_body_and_head(value_model):
-    """(backbone, scalar head) of a sequence-classification model (llama: `.model`, `.score`)."""
-    base = value_model.get_base_model() if hasattr(value_model, "get_base_model") else value_model
-    head = getattr(base, "score", None)
-    if head is None:
-        raise ValueError(f"{type(base).__name__} has no scalar `score` head; build it with AutoModelForSequenceClassification(num_labels=1)")
-    return base.model, head
-
-
 def token_values(value_model, batch: RolloutBatch) -> torch.Tensor:
     """(B, C) value estimates V(x, y_<j) (0 off the mask); differentiable."""
-    body, head = value_body_and_head(value_model)
+    body, head = backbone_and_head(value_model)
     v = head(_hidden_at(body, batch)).squeeze(-1).float()
     return v * batch.mask
 
@@ -115,7 +107,4 @@ def token_values(value_model, batch: RolloutBatch) -> torch.Tensor:
 def sequence_scores(reward_model, batch: RolloutBatch) -> torch.Tensor:
     """(B,) reward-model score read at the last completion token of each row (the hidden state
     that has seen the whole completion, EOS included when it was generated)."""
-    body, head = value_body_and_head(reward_model)
-    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
-    last = batch.attention_mask.sum(-1) - 1
-    return head(hidden[torch.arange(hidden.shape[0]), last]).squeeze(-1).float()
+    return score_rows(reward_model, batch.input_ids, batch.attention_mask, batch.attention_mask.sum(-1) - 1)
