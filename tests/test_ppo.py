@@ -59,7 +59,7 @@ def test_same_seed_same_run(tmp_path):
 
 
 def test_round_prompts_cover_the_set_once_per_pass(tmp_path):
-    trainer = make_trainer(tmp_path, rollout_size=6)
+    trainer = make_trainer(tmp_path, rollout_size=6, minibatch_size=6)
     seen = sum((trainer.round_prompts(r) for r in range(8)), [])  # 48 = 3 passes over 16
     for p in range(3):
         assert sorted(seen[16 * p : 16 * (p + 1)]) == sorted(PROMPTS)
@@ -98,3 +98,53 @@ def test_lora_policy_uses_the_adapter_off_as_reference_and_improves_its_surrogat
         moved = policy_token_logps(policy, batch) - prep["old_logp"]
     assert float((prep["advantages"] * moved * batch.mask).sum()) > 0
     assert all(torch.equal(p, frozen[n]) for n, p in policy.named_parameters() if not p.requires_grad)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """A tiny causal LM directory and a reward model built on its backbone."""
+    from dpokit.rlhf.reward_model import build_reward_model, save_reward_model
+
+    root = tmp_path_factory.mktemp("ppo_models")
+    tiny_model().save_pretrained(root / "lm")
+    tiny_tokenizer().save_pretrained(root / "lm")
+    rm, tok = build_reward_model(root / "lm")
+    save_reward_model(rm, tok, root / "rm")
+    return root
+
+
+def test_run_ppo_with_a_reward_model_saves_policy_and_value(tmp_path, tiny_dirs):
+    """The command's library path: prompts from a file, reward = the reward model's score at the
+    last completion token (logged beside the ground truth), value model started from the reward
+    model; the saved policy and value model reload with plain transformers."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from dpokit.rlhf.ppo_run import run_ppo
+    from dpokit.train.metrics import read_metrics
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "p{i}:"}}\n' for i in range(6)))
+    cfg = PPOConfig(model=str(tiny_dirs / "lm"), reward_model=str(tiny_dirs / "rm"), prompts=str(prompts), steps=2,
+                    rollout_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=4, output_dir=str(tmp_path / "run"),
+                    progress=False)
+    run_ppo(cfg, log=lambda *a: None)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:  # trained on the reward model's score; VADER (in [-1, 1]) logged beside it
+        assert math.isfinite(r["reward/model"]) and -1 <= r["reward/ground_truth"] <= 1
+        assert r["reward/model"] != r["reward/ground_truth"]
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_dirs / "rm").eval()
+    value = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "value").eval()
+    assert value.num_labels == 1
+    assert any(not torch.equal(a, b) for a, b in zip(rm.state_dict().values(), value.state_dict().values()))
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+
+
+def test_prompt_file_errors_name_the_line(tmp_path):
+    from dpokit.data.records import DataError
+    from dpokit.rlhf.ppo_run import load_prompts
+
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
+    with pytest.raises(DataError, match=r"p.jsonl:2: field 'prompt'"):
+        load_prompts(PPOConfig(reward="sentiment", prompts=str(bad)))

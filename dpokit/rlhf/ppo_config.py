@@ -1,11 +1,11 @@
-"""PPO's config: one dataclass, loaded like every dpokit recipe (YAML, then `key=value`)."""
+"""PPO's config: one dataclass, loaded like every dpokit recipe (YAML, then `key=value`);
+each numeric key declares its valid range beside it (`dpokit.config.ranged`)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from dpokit.config import ConfigError, LoraConfig
+from dpokit.config import SEED_RANGE, ConfigError, LoraConfig, check_ranges, ranged
 
 
 @dataclass
@@ -18,64 +18,41 @@ class PPOConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA on the policy; the reference is its adapter disabled
     # --- prompts and sampling ----------------------------------------------------------------
     prompts: str = "sentiment"  # sentiment (the study's train prompts) | a JSONL file of {"prompt": ...}
-    n_prompts: int = 0  # 0 = all
-    max_new_tokens: int = 32
-    temperature: float = 1.0
+    n_prompts: int = ranged(0, ge=0, note="0 = all")
+    max_new_tokens: int = ranged(32, ge=1)
+    temperature: float = ranged(1.0, gt=0)
     # --- PPO -------------------------------------------------------------------------------
-    steps: int = 20  # rollout + update rounds
-    rollout_size: int = 32  # completions per round
-    ppo_epochs: int = 4  # passes over each rollout
-    minibatch_size: int = 8
-    lr: float = 1.41e-5
-    value_lr: float = 0.0  # 0 = lr
-    clip_eps: float = 0.2  # policy ratio clip ε
-    value_clip_eps: float = 0.2
-    value_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
+    steps: int = ranged(20, ge=1)  # rollout + update rounds
+    rollout_size: int = ranged(32, ge=1)  # completions per round
+    ppo_epochs: int = ranged(4, ge=1)  # passes over each rollout
+    minibatch_size: int = ranged(8, ge=1)
+    lr: float = ranged(1.41e-5, gt=0)
+    value_lr: float = ranged(0.0, ge=0, note="0 = lr")
+    clip_eps: float = ranged(0.2, gt=0)  # policy ratio clip ε
+    value_clip_eps: float = ranged(0.2, gt=0)
+    value_coef: float = ranged(0.1, ge=0)
+    gamma: float = ranged(1.0, ge=0)  # ≤ 1 too (checked in validate)
+    lam: float = ranged(0.95, ge=0)  # ≤ 1 too
     whiten_advantages: bool = True
-    kl_coef: float = 0.05  # β of the per-token penalty −β·log π/π_ref; the adaptive controller's start
-    kl_target: float = 0.0  # > 0: adaptive controller (Ziegler et al. 2019) aiming at this KL (nats per sample)
-    kl_horizon: float = 10000.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
+    kl_coef: float = ranged(0.05, ge=0)  # β of the per-token penalty −β·log π/π_ref; the adaptive controller's start
+    kl_target: float = ranged(0.0, ge=0, note="> 0: adaptive controller (Ziegler et al. 2019) aiming at this KL per sample")
+    kl_horizon: float = ranged(10000.0, gt=0)
+    max_grad_norm: float = ranged(1.0, ge=0, note="0 = no clipping")
+    seed: int = ranged(0, **SEED_RANGE)
     # --- output ------------------------------------------------------------------------------
     output_dir: str = "runs/ppo"
-    save_every: int = 0  # rounds between checkpoints; 0 = only the final model
     progress: bool = True
 
-    def validate(self) -> None:
+    def validate(self, given: set[str] | None = None) -> None:
+        check_ranges(self)
         if self.reward not in ("model", "sentiment"):
             raise ConfigError(f"reward: {self.reward!r} is not one of model, sentiment")
         if self.reward == "model" and not self.reward_model:
             raise ConfigError("reward=model needs reward_model=DIR (train one with `dpokit rm`), or use reward=sentiment")
-        positive_ints = ("max_new_tokens", "steps", "rollout_size", "ppo_epochs", "minibatch_size")
-        for key in positive_ints:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be ≥ 1, got {getattr(self, key)}")
-        for key in ("n_prompts", "save_every", "seed"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key}: must be ≥ 0, got {getattr(self, key)}")
-        _positive(self, ("lr", "temperature", "clip_eps", "value_clip_eps", "kl_horizon"))
-        _non_negative(self, ("value_lr", "value_coef", "kl_coef", "kl_target", "max_grad_norm"))
         for key in ("gamma", "lam"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ConfigError(f"{key}: must be in [0, 1], got {getattr(self, key)}")
+            if getattr(self, key) > 1:
+                raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
         if self.kl_target > 0 and self.kl_coef <= 0:
             raise ConfigError("kl_target > 0 (adaptive controller) needs a starting kl_coef > 0")
-        if self.lora.r < 0:
-            raise ConfigError(f"lora.r: must be ≥ 0, got {self.lora.r}")
-
-
-def _positive(cfg, keys) -> None:
-    for key in keys:
-        value = getattr(cfg, key)
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{key}: must be > 0 and finite, got {value}")
-
-
-def _non_negative(cfg, keys) -> None:
-    for key in keys:
-        value = getattr(cfg, key)
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{key}: must be ≥ 0 and finite, got {value}")
+        if self.minibatch_size > self.rollout_size:
+            raise ConfigError(f"minibatch_size ({self.minibatch_size}) must be ≤ rollout_size ({self.rollout_size})")
