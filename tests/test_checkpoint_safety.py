@@ -4,10 +4,13 @@ data or config is refused, a previous run is never silently overwritten, and wha
 behind is cleaned up."""
 
 import json
-import math
 import os
 import pickle
+import random
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -249,3 +252,67 @@ def test_checkpoint_files_reach_the_disk_before_the_rename(tmp_path, monkeypatch
     tmp = f".checkpoint-000001.tmp-{os.getpid()}"
     assert {tmp, f"{tmp}/a.json", f"{tmp}/sub", f"{tmp}/sub/b.safetensors"} <= synced
     assert events[renamed + 1] == ("fsync", tmp_path)
+
+
+def _hidden(run: Path) -> list[str]:
+    return sorted(p.name for p in run.iterdir() if p.name.startswith("."))
+
+
+def _kill_during_a_checkpoint_write(argv, run: Path, nth: int, env) -> list[str]:
+    """Start the run; SIGKILL it the moment its `nth` checkpoint temp dir appears (polled every
+    0.2 ms; a write takes several ms). Returns the hidden entries it left behind."""
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    seen, deadline = set(), time.monotonic() + 120
+    try:
+        while len(seen) < nth:
+            assert child.poll() is None and time.monotonic() < deadline, f"run ended before write {nth} ({seen})"
+            seen.update(n for n in (os.listdir(run) if run.exists() else []) if n.startswith(".checkpoint-") and ".tmp-" in n)
+            time.sleep(0.0002)
+    finally:
+        child.kill()
+        child.wait()
+    return _hidden(run)
+
+
+def _kill_after_resume(argv, delay: float, env) -> str:
+    """Resume; SIGKILL it `delay` s after it says it resumed (any moment of the rest of the run)."""
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if line.startswith("resumed from"):
+            break
+    time.sleep(delay)
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    return "".join(lines)
+
+
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(inputs, tmp_path):
+    """A real process killed with SIGKILL mid-checkpoint-write, resumed and killed again at a
+    random moment, then resumed to the end: no temp dirs survive the next start, and the final
+    weights and per-step losses are bit-identical to an uninterrupted run."""
+    settings = ("max_steps=12", "save_every=1", "keep_checkpoints=2")
+    assert main(args(inputs, tmp_path / "whole", *settings)) == 0
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    run = tmp_path / "killed"
+    argv = [sys.executable, "-m", "dpokit", *args(inputs, run, *settings)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+
+    left = _kill_during_a_checkpoint_write(argv, run, rng.randint(2, 6), env)
+    assert any(".tmp-" in name for name in left), f"seed {seed}: kill missed the write ({left})"
+    said = _kill_after_resume(argv + ["--resume"], rng.uniform(0.0, 0.8), env)
+    assert "unfinished write" in said, f"seed {seed}: {said}"
+    done = subprocess.run(argv + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, f"seed {seed}: {done.stderr[-2000:]}"
+
+    assert _hidden(run) == [], f"seed {seed}"
+    whole = load_file(str(tmp_path / "whole" / "final" / "model.safetensors"))
+    resumed = load_file(str(run / "final" / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), f"seed {seed}: {name}"
+    train_losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"]
+    assert train_losses(run) == train_losses(tmp_path / "whole"), f"seed {seed}"
