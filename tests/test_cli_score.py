@@ -95,3 +95,42 @@ def test_bad_data_names_file_line_and_field(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dpokit: data error:" in err and "bad.jsonl:2: field 'chosen'" in err
     assert not (tmp_path / "x" / "final").exists()
+
+
+def test_score_prints_skips_and_writes_the_summary_beside_out(setup, tmp_path, capsys):
+    _, model_dir, _ = setup
+    data = tmp_path / "three.jsonl"
+    records = [PAIRS[0], {"prompt": "x", "chosen": "\u200b", "rejected": "y"}, PAIRS[1]]  # line 2: invisible only
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--model", str(model_dir), "--ref", str(model_dir), "--data", str(data), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "data: 1 skipped (1 empty completion), 0 truncated" in stdout
+    assert "scored 2 pairs (1 skipped)" in stdout
+    summary = json.loads((tmp_path / "scores.jsonl.summary.json").read_text())
+    assert summary["pairs"] == 2
+    assert summary["skipped"]["loading"]["skipped"] == {"empty completion": {"count": 1, "examples": ["three.jsonl:2"]}}
+
+
+def test_score_zero_skips_printed_and_nothing_usable_is_a_data_error(setup, tmp_path, capsys):
+    _, model_dir, data = setup
+    out = tmp_path / "s.jsonl"
+    assert main(["score", "--model", str(model_dir), "--ref", str(model_dir), "--data", str(data), "--out", str(out)]) == 0
+    assert "data: 0 skipped, 0 truncated" in capsys.readouterr().out
+    useless = tmp_path / "useless.jsonl"
+    useless.write_text(json.dumps({"prompt": "a", "chosen": "b<|im_end|>", "rejected": "c"}) + "\n")
+    assert main(["score", "--model", str(model_dir), "--ref", str(model_dir), "--data", str(useless), "--out", str(tmp_path / "u.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "dpokit: data error: useless.jsonl: no usable pairs (1 skipped (1 field 'chosen': holds special-token text '<|im_end|>'), 0 truncated)" in err.splitlines()
+    assert not (tmp_path / "u.jsonl").exists()
+
+
+def test_training_prints_zero_skips_and_no_usable_pairs_is_a_data_error(setup, tmp_path, capsys):
+    _, model_dir, data = setup
+    assert main(["sft", *common(tmp_path, model_dir, data, "sft"), "max_steps=1"]) == 0
+    assert "; 0 skipped, 0 truncated" in capsys.readouterr().out
+    useless = tmp_path / "useless.jsonl"
+    useless.write_text(json.dumps({"prompt": "a", "chosen": "same", "rejected": "same"}) + "\n")
+    assert main(["sft", *common(tmp_path, model_dir, useless, "sft2")]) == 2  # was a bare ValueError
+    err = capsys.readouterr().err
+    assert "dpokit: data error: useless.jsonl: no usable pairs (1 skipped (1 identical chosen and rejected), 0 truncated)" in err.splitlines()

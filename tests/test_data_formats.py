@@ -8,7 +8,8 @@ import pytest
 
 from dpokit.data.formats import read_records
 from dpokit.data.normalize import load_pairs, normalize_record, split_pairs
-from dpokit.data.records import DataError, PreferencePair, SkipPair, SkipReport
+from dpokit.data.audit import group_by_prompt
+from dpokit.data.records import DataError, PreferencePair, SkipPair, SkipReport, prompt_key
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -351,6 +352,64 @@ def test_split_pairs_edges():
     assert len(split_pairs(_pairs(["a", "a"]), 0.5, seed=0)[1]) == 0  # one prompt group stays in train
     with pytest.raises(ValueError):
         split_pairs(pairs, 1.0, seed=0)
+
+
+def test_split_and_audit_share_one_prompt_identity():
+    # A text prompt spelled like a chat prompt's serialised messages is another prompt: the
+    # audit never grouped them; the split used to, and could not hold either one out.
+    chat = PreferencePair([U("hi")], [A("a")], [A("b")], "s:0")
+    text = PreferencePair(json.dumps(chat.prompt, sort_keys=True), "a", "b", "s:1")
+    assert prompt_key(chat) != prompt_key(text)
+    train, evals = split_pairs([chat, text], 0.5, seed=0)
+    assert len(train) == len(evals) == 1
+    assert len(group_by_prompt([chat, text])) == 2
+
+
+def test_counts_line_says_zeros_too():
+    report = SkipReport()
+    assert report.counts_line() == "0 skipped, 0 truncated"
+    report.add("empty completion", "f:1")
+    report.add("empty completion", "f:2")
+    report.add("empty prompt", "f:3")
+    report.add_truncation("chosen: kept its start", "f:4")
+    assert report.counts_line() == "3 skipped (2 empty completion, 1 empty prompt), 1 truncated"
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u200c\u200d", "\u2060", "\ufeff", "\u00ad", " \u200b\n\u3000", "\u202e", "\u3164", "\x07"])
+def test_invisible_only_completion_is_empty(text):
+    with pytest.raises(SkipPair, match="^empty completion$"):
+        normalize_record({"prompt": "p", "chosen": text, "rejected": "b"}, "s:1")
+    with pytest.raises(SkipPair, match="^empty completion$"):
+        normalize_record({"prompt": [U("p")], "chosen": "b", "rejected": [A(text)]}, "s:1")
+
+
+def test_invisible_characters_do_not_make_a_completion_different():
+    with pytest.raises(SkipPair, match="^identical chosen and rejected$"):
+        normalize_record({"prompt": "p", "chosen": "y\u200bes\u00ad", "rejected": "yes"}, "s:1")
+    # Visible differences, inner whitespace included, still count.
+    assert normalize_record({"prompt": "p", "chosen": "a b", "rejected": "a\tb"}, "s:1").chosen == "a b"
+
+
+def test_json_null_line_is_a_record_not_a_gap(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\nnull\n')
+    with pytest.raises(DataError, match=r"^d\.jsonl:2: expected a JSON object, got null$"):
+        load_pairs(path)
+    pairs, report = load_pairs(path, on_malformed="skip")
+    assert len(pairs) == 1 and report.counts == {"malformed: expected a JSON object, got null": 1}
+
+
+def test_non_utf8_names_line_and_byte_offset(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    good = b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+    path.write_bytes(good + good + b'{"prompt": "abcdefghijk\xff", "chosen": "b", "rejected": "c"}\n')
+    with pytest.raises(DataError, match=r"^pairs\.jsonl:3: not valid UTF-8 \(byte 0xff at offset 23 of the line\)$"):
+        load_pairs(path)
+
+
+def test_error_messages_are_one_line(tmp_path):
+    err = DataError("a\nb.jsonl", "cannot read as Parquet", detail="first\nsecond")
+    assert str(err) == "a b.jsonl: cannot read as Parquet (first second)"
 
 
 # ---------------------------------------------------------------- shipped examples
