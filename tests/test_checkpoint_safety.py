@@ -21,7 +21,7 @@ from dpokit.cli import main
 from dpokit.testing import tiny_model, tiny_tokenizer
 from dpokit.train import checkpoint as ckpt
 from dpokit.train import rundir
-from dpokit.train.metrics import read_metrics
+from dpokit.train.metrics import MetricsWriter, read_metrics
 
 PAIRS = [
     {"prompt": "Say hi.", "chosen": "hi there", "rejected": "no"},
@@ -231,6 +231,36 @@ def test_temp_dirs_are_cleaned_and_an_interrupted_replacement_completed(tmp_path
     assert len(removed) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cache", "checkpoint-000006", "final"]
     assert (tmp_path / "final" / "new").exists()
+
+
+def test_prune_killed_mid_delete_leaves_only_debris_the_next_start_removes(tmp_path, monkeypatch):
+    for step in (1, 2, 3):
+        (tmp_path / f"checkpoint-00000{step}" / "model").mkdir(parents=True)
+        (tmp_path / f"checkpoint-00000{step}" / "state.json").write_text("{}")
+
+    def killed_mid_delete(path, *a, **kw):  # state.json went first, then the kill
+        (Path(path) / "state.json").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.prune_checkpoints(tmp_path, keep=2)
+    monkeypatch.undo()
+    visible = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert visible == ["checkpoint-000002", "checkpoint-000003"]  # no half checkpoint in sight
+    rundir.clean_temp_dirs(tmp_path, log=lambda *a: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == visible
+
+
+def test_metrics_writer_keeps_earlier_runs_and_drops_a_torn_line(tmp_path):
+    lines = [json.dumps({"step": s, "split": "train", "loss": 0.5}) for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "spl')  # killed mid-line
+    with pytest.raises(FileExistsError):
+        MetricsWriter(tmp_path, tensorboard=False)  # a fresh start: never truncates a run's metrics
+    MetricsWriter(tmp_path, resume_step=2, tensorboard=False).close()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    MetricsWriter(tmp_path, resume_step=5, tensorboard=False).close()  # nothing torn left to trip on
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
 def test_checkpoint_files_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
