@@ -1,0 +1,267 @@
+"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024, "Back to basics";
+the baseline of Kool et al. 2019). No value model, sequence-level rewards.
+
+One round (`RLOOTrainer.round`):
+
+    1. rollout     `rollout_prompts` prompts × k samples each from π (KV cache),
+                   seed = f(seed, round); the k samples of a prompt are adjacent rows
+    2. score       s_i = reward model at the last completion token (or the ground truth itself)
+    3. KL          KL_i = Σ_t log π(y_it)/π_ref(y_it)  (k1 summed over the completion)
+    4. advantages  r_i = s_i − β·KL_i;  A_i = r_i − mean of r_j over the other k−1 samples
+    5. update      L = (1/n) Σ_i −A_i · Σ_t log π(y_it)   over the n = rollout_prompts·k samples,
+                   one AdamW step per round (micro-batches of `minibatch_size` accumulate
+                   into the gradient of the whole round)
+
+With `ppo_epochs` > 1 the round is reused: each epoch is one step on the clipped
+sequence-level surrogate max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = π(y)/π_old(y), as TRL's
+RLOOTrainer does. At ρ = 1 its gradient is REINFORCE's, so epoch 1 takes the same step.
+
+The prompts of a round and its samples are seeded by the round number (as in PPO), so a
+rerun with the same seed draws the same rollouts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from dpokit.generate import sample_completions
+from dpokit.rlhf import estimators as est
+from dpokit.rlhf.ppo import ROUND_SEED_STRIDE, PPOTrainer
+from dpokit.rlhf.rloo_config import RLOOConfig
+from dpokit.rlhf.rollout import RolloutBatch, build_rollout_batch, policy_token_entropy, policy_token_logps, sequence_scores
+
+
+def reinforce_losses(seq_logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """Per-sample REINFORCE loss −A_i · log π(y_i), log π(y_i) summed over the completion."""
+    return -advantages * seq_logp
+
+
+def clipped_sequence_losses(seq_logp, old_seq_logp, advantages, *, clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), clipped?) with the SEQUENCE ratio
+    ρ = exp(log π(y) − log π_old(y)) (TRL's RLOO; PPO's surrogate has one ratio per token)."""
+    ratio = torch.exp(seq_logp - old_seq_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).detach()
+
+
+class RLOOTrainer:
+    """Holds policy, reference and reward; `fit()` runs the rounds.
+
+    `reward_fn(texts) -> list[float]` is the ground truth (logged every round; it is the
+    reward itself when `cfg.reward == "sentiment"`). `reward_model` is a scalar-head
+    sequence classifier (`dpokit rm`), used when `cfg.reward == "model"`."""
+
+    def __init__(self, cfg: RLOOConfig, *, policy, tokenizer, prompts: list[str], reward_fn, reward_model=None, log=print):
+        cfg.validate()
+        self.cfg, self.log, self.tokenizer = cfg, log, tokenizer
+        self.policy, self.reward_model = policy, reward_model
+        self.prompts, self.reward_fn = list(prompts), reward_fn
+        if not self.prompts:
+            raise ValueError("RLOO needs at least one prompt")
+        if cfg.reward == "model" and reward_model is None:
+            raise ValueError("reward=model needs a reward model")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.device = next(policy.parameters()).device
+        # LoRA: the reference is the same model with its adapter off; otherwise a frozen copy.
+        self.reference = None if hasattr(policy, "disable_adapter") else copy.deepcopy(policy).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+        self.run_dir = Path(cfg.output_dir)
+
+    # -- rollout ------------------------------------------------------------------------------
+    def round_prompts(self, rnd: int) -> list[str]:
+        """The `rollout_prompts` prompts of round `rnd`, drawn exactly as PPO draws its
+        rollout (a seeded permutation per pass over the set): PPO's own method, given this
+        trainer's prompt count per round."""
+        view = SimpleNamespace(prompts=self.prompts, cfg=SimpleNamespace(rollout_size=self.cfg.rollout_prompts, seed=self.cfg.seed))
+        return PPOTrainer.round_prompts(view, rnd)
+
+    def rollout(self, rnd: int) -> tuple[RolloutBatch, list[str]]:
+        """k samples of each of the round's prompts; row i·k + j is sample j of prompt i."""
+        cfg = self.cfg
+        prompts = self.round_prompts(rnd)
+        comps = sample_completions(
+            self.policy, self.tokenizer, prompts, n_per_prompt=cfg.k, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, batch_size=cfg.samples_per_round, seed=cfg.seed * ROUND_SEED_STRIDE + rnd,
+            progress=False,
+        )
+        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        rows = [(prompt_ids[i], c) for i, row in enumerate(comps) for c in row]
+        batch = build_rollout_batch([p for p, _ in rows], [c.token_ids for _, c in rows], self.pad_id)
+        return batch.to(self.device), [c.text for _, c in rows]
+
+    def _chunks(self, batch: RolloutBatch):
+        for start in range(0, batch.mask.shape[0], self.cfg.minibatch_size):
+            rows = torch.arange(start, min(start + self.cfg.minibatch_size, batch.mask.shape[0]), device=self.device)
+            yield rows, batch.select(rows)
+
+    def _seq_logps(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """(B,) log π(y) summed over each completion, in micro-batches."""
+        return torch.cat([est.masked_sum(policy_token_logps(model, sub), sub.mask, dim=-1) for _, sub in self._chunks(batch)])
+
+    def _token_logps(self, model, batch: RolloutBatch) -> torch.Tensor:
+        return torch.cat([policy_token_logps(model, sub) for _, sub in self._chunks(batch)])
+
+    @torch.no_grad()
+    def _ref_token_logps(self, batch: RolloutBatch) -> torch.Tensor:
+        if self.reference is not None:
+            return self._token_logps(self.reference, batch)
+        with self.policy.disable_adapter():
+            return self._token_logps(self.policy, batch)
+
+    @torch.no_grad()
+    def score(self, batch: RolloutBatch, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reward used for training, ground-truth reward), each (B,)."""
+        truth = torch.tensor(self.reward_fn(texts), dtype=torch.float32, device=self.device)
+        if self.cfg.reward == "model":
+            return torch.cat([sequence_scores(self.reward_model, sub) for _, sub in self._chunks(batch)]).float(), truth
+        return truth, truth
+
+    @torch.no_grad()
+    def prepare(self, batch: RolloutBatch, scores: torch.Tensor) -> dict:
+        """Sequence KL (k1 and k3 sums), shaped rewards and leave-one-out advantages (steps 3-4)."""
+        self.policy.eval()
+        logp, ref_logp = self._token_logps(self.policy, batch), self._ref_token_logps(batch)
+        seq_kl = est.masked_sum(est.kl_k1(logp, ref_logp), batch.mask, dim=-1)
+        seq_kl_k3 = est.masked_sum(est.kl_k3(logp, ref_logp), batch.mask, dim=-1)
+        rewards = est.rloo_rewards(scores, seq_kl, beta=self.cfg.kl_coef)
+        return {"old_logp": est.masked_sum(logp, batch.mask, dim=-1), "seq_kl": seq_kl, "seq_kl_k3": seq_kl_k3,
+                "rewards": rewards, "advantages": est.rloo_advantages(rewards, self.cfg.k)}
+
+    # -- update -------------------------------------------------------------------------------
+    def update(self, batch: RolloutBatch, prep: dict) -> dict:
+        """`ppo_epochs` optimizer steps, each on the gradient of the whole round."""
+        sums, steps, skipped = {}, 0, 0
+        self.policy.train()
+        for _ in range(self.cfg.ppo_epochs):
+            stats = self._step(batch, prep)
+            if stats is None:
+                skipped += 1
+                continue
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+            steps += 1
+        self.policy.eval()
+        return {**{k: v / max(steps, 1) for k, v in sums.items()}, "skipped_steps": skipped}
+
+    def _step(self, batch: RolloutBatch, prep: dict) -> dict | None:
+        """One AdamW step on L = (1/n) Σ_i loss_i, accumulated over micro-batches; None (and no
+        update) when the loss or the gradient norm is not finite."""
+        cfg, n = self.cfg, batch.mask.shape[0]
+        clipped_mode = cfg.ppo_epochs > 1
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.optimizer.zero_grad(set_to_none=True)
+        total, clipped_count = 0.0, 0
+        for rows, sub in self._chunks(batch):
+            seq_logp = est.masked_sum(policy_token_logps(self.policy, sub), sub.mask, dim=-1)
+            adv = prep["advantages"][rows]
+            if clipped_mode:
+                losses, clipped = clipped_sequence_losses(seq_logp, prep["old_logp"][rows], adv, clip_eps=cfg.clip_eps)
+                clipped_count += int(clipped.sum())
+            else:
+                losses = reinforce_losses(seq_logp, adv)
+            loss = losses.sum() / n  # mean over the round's samples, whatever the micro-batching
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            loss.backward()
+            total += float(loss.detach())
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else _grad_norm(params)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {"loss": total, "grad_norm": float(norm)}
+        if clipped_mode:
+            stats["clip_frac"] = clipped_count / n
+        return stats
+
+    # -- the run ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _entropy(self, batch: RolloutBatch) -> float:
+        """Mean per-token entropy of π over the rollout's completion tokens."""
+        total = sum(float(policy_token_entropy(self.policy, sub)) * float(sub.mask.sum()) for _, sub in self._chunks(batch))
+        return total / float(batch.mask.sum())
+
+    def round(self, rnd: int) -> dict:
+        """Rollout, score, advantages, update; returns the round's metrics line."""
+        t0 = time.perf_counter()
+        batch, texts = self.rollout(rnd)
+        scores, truth = self.score(batch, texts)
+        prep = self.prepare(batch, scores)
+        entropy = self._entropy(batch)
+        t1 = time.perf_counter()
+        stats = self.update(batch, prep)
+        t2 = time.perf_counter()
+        return {
+            "step": rnd + 1, "split": "train", "reward/model" if self.cfg.reward == "model" else "reward/used": float(scores.mean()),
+            "reward/ground_truth": float(truth.mean()), "kl": float(prep["seq_kl"].mean()), "kl_k3": float(prep["seq_kl_k3"].mean()),
+            "kl_coef": self.cfg.kl_coef, "entropy": entropy, "length": float(batch.mask.sum(-1).mean()),
+            **stats, "rollout_s": t1 - t0, "train_s": t2 - t1,
+        }
+
+    def fit(self) -> dict:
+        from dpokit.train.metrics import MetricsWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        writer = MetricsWriter(self.run_dir)
+        last = {}
+        try:
+            for rnd in range(self.cfg.steps):
+                last = self.round(rnd)
+                writer.write(last)
+                self.log(_round_line(last))
+        finally:
+            writer.close()
+        summary = {"rounds": self.cfg.steps, "last": last}
+        (self.run_dir / "rloo_summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def _grad_norm(params) -> torch.Tensor:
+    """L2 norm of all gradients (what clip_grad_norm_ reports), without clipping."""
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.stack(grads).norm() if grads else torch.zeros(())
+
+
+def _round_line(m: dict) -> str:
+    used = m.get("reward/model", m.get("reward/used"))
+    return (f"round {m['step']}: reward {used:.3f} (ground truth {m['reward/ground_truth']:.3f}), KL {m['kl']:.2f} "
+            f"(β {m['kl_coef']:.3g}), entropy {m['entropy']:.2f}, loss {m.get('loss', float('nan')):.3f}, "
+            f"grad norm {m.get('grad_norm', float('nan')):.2f}, {m['rollout_s']:.1f}+{m['train_s']:.1f} s")
+
+
+def run_rloo(cfg: RLOOConfig, log=print) -> dict:
+    """`dpokit rloo`'s library path: prompts (as PPO loads them), policy and reward, the rounds,
+    then the policy saved under `output_dir/final`."""
+    from dpokit.config import ConfigError, save_config
+    from dpokit.eval.rewards import get_reward
+    from dpokit.models import load_model, save_model
+    from dpokit.rlhf.ppo_run import load_prompts
+    from dpokit.rlhf.reward_model import load_reward_model
+
+    cfg.validate()
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    prompts = load_prompts(cfg)  # reads only cfg.prompts and cfg.n_prompts
+    policy, tokenizer = load_model(cfg.model, lora=cfg.lora)
+    reward_model = None
+    if cfg.reward == "model":
+        reward_model, rm_tokenizer = load_reward_model(cfg.reward_model)
+        if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(f"reward_model {cfg.reward_model} has another vocabulary than {cfg.model}: its scores would read other tokens")
+    log(f"RLOO: {len(prompts)} prompts, {cfg.steps} rounds of {cfg.rollout_prompts} prompts × {cfg.k} samples, reward={cfg.reward}")
+    trainer = RLOOTrainer(cfg, policy=policy, tokenizer=tokenizer, prompts=prompts, reward_fn=get_reward("sentiment"),
+                          reward_model=reward_model, log=log)
+    summary = trainer.fit()
+    save_model(trainer.policy, tokenizer, run_dir / "final")
+    log(f"saved {run_dir / 'final'} (policy)")
+    return summary
