@@ -71,57 +71,78 @@ def _err(name: str, line: int | None, says: str, per_record: bool | None = None)
     return Err(f"{name}:{line}" if line else name, says, per_record)
 
 
+LINE2_ERRORS = {  # file -> what its line 2 (between two good records) is told
+    "line_null.jsonl": "expected a JSON object, got null",
+    "line_array.jsonl": "expected a JSON object, got list",
+    "line_number.jsonl": "expected a JSON object, got int",
+    "line_string.jsonl": "expected a JSON object, got str",
+    "line_bool.jsonl": "expected a JSON object, got bool",
+    "unterminated_string.jsonl": "invalid JSON (Unterminated string",
+    "trailing_comma.jsonl": "invalid JSON (Expecting property name",
+    "single_quotes.jsonl": "invalid JSON (Expecting property name",
+    "python_none.jsonl": "invalid JSON (Expecting value at column 44)",
+    "two_objects_one_line.jsonl": "invalid JSON (Extra data",
+    "deep_nesting.jsonl": "invalid JSON (nested too deeply to parse)",
+    "deep_nesting_in_field.jsonl": "invalid JSON (nested too deeply to parse)",
+    "huge_int_votes.jsonl": "invalid JSON (Exceeds the limit (4300 digits)",
+    "huge_float_votes.jsonl": "field 'votes': votes must be non-negative integers (got [inf, 1])",
+    "nan_votes.jsonl": "field 'votes': votes must be non-negative integers (got [nan, 1])",
+    "infinity_votes.jsonl": "field 'chosen_votes/rejected_votes': votes must be non-negative integers (got [inf, 1])",
+    "negative_votes.jsonl": "field 'votes': votes must be non-negative integers",
+    "fractional_votes.jsonl": "field 'votes': votes must be non-negative integers",
+    "bool_votes.jsonl": "field 'votes': votes must be non-negative integers",
+    "zero_votes.jsonl": "field 'votes': votes are both zero",
+    "votes_three_items.jsonl": "field 'votes': expected [votes for chosen, votes for rejected]",
+    "votes_string.jsonl": "field 'votes': expected [votes for chosen, votes for rejected]",
+    "duplicate_key.jsonl": "duplicate key in an object ('chosen')",
+    "lone_surrogate_chosen.jsonl": "field 'chosen': not valid Unicode: a lone surrogate (\\ud800 at character 1)",
+    "lone_low_surrogate_prompt.jsonl": "field 'prompt': not valid Unicode: a lone surrogate (\\udc00",
+    "reversed_surrogate_pair_rejected.jsonl": "field 'rejected': not valid Unicode: a lone surrogate (\\ude00",
+    "lone_surrogate_chat_content.jsonl": "field 'prompt[0].content': not valid Unicode: a lone surrogate (\\udfff",
+    "latin1_encoded.jsonl": "not valid UTF-8 (byte 0xe9 at offset 15 of the line)",
+    "overlong_utf8.jsonl": "not valid UTF-8 (byte 0xc0 at offset 13 of the line)",
+    "utf8_encoded_surrogate.jsonl": "not valid UTF-8 (byte 0xed at offset 13 of the line)",
+    "nul_byte.jsonl": "holds a NUL byte",
+    "missing_chosen.jsonl": "field 'chosen': missing",
+    "missing_rejected.jsonl": "field 'rejected': missing",
+    "chosen_number.jsonl": "field 'chosen': expected a string or a list of messages, got int",
+    "rejected_object.jsonl": "field 'rejected': expected a string or a list of messages, got dict",
+    "prompt_number.jsonl": "field 'prompt': expected a string or a list of messages, got int",
+    "text_prompt_chat_answer.jsonl": "field 'chosen': the prompt is text, so the answer must be text",
+    "unknown_role.jsonl": "field 'prompt[0]': unknown role 'robot'",
+    "message_without_content.jsonl": "field 'prompt[0]': message has no 'content'",
+    "message_not_object.jsonl": "field 'prompt[0]': expected a message object, got str",
+    "content_number.jsonl": "field 'prompt[0]': 'content' must be a string, got int",
+    "answer_starts_with_user.jsonl": "field 'chosen': the answer must start with an assistant message",
+    "prompt_ends_with_assistant.jsonl": "field 'prompt': the last prompt message must not be the assistant's",
+    "finished_flag_string.jsonl": "field 'rejected_finished': expected true or false, got str",
+    "hh_without_assistant_marker.jsonl": "field 'prompt': missing, and chosen/rejected share no",
+    "text_and_chat_mixed.jsonl": "field 'rejected': one of chosen/rejected is text and the other a list",
+    "implicit_prompt_no_common_prefix.jsonl": "field 'prompt': missing, and chosen/rejected conversations share no common prefix",
+}
+WHOLE_FILE_ERRORS = {  # file -> what the file as a whole is told
+    "utf16le_bom.jsonl": "the file is UTF-16 (byte-order mark); save it as UTF-8",
+    "utf16be_bom.jsonl": "the file is UTF-16 (byte-order mark)",
+    "utf32le_bom.jsonl": "the file is UTF-32 (byte-order mark)",
+    "empty.jsonl": "holds no records",
+    "blank_lines_only.jsonl": "holds no records",
+    "utf8_bom_only.jsonl": "holds no records",
+    "array_deep_nesting.json": "invalid JSON (nested too deeply to parse)",
+    "array_duplicate_key.json": "duplicate key in an object ('prompt')",
+    "not_parquet.parquet": "cannot read as Parquet: Parquet magic bytes not found",
+    "empty.parquet": "cannot read as Parquet: Parquet file size is 0 bytes",
+    "truncated.parquet": "cannot read as Parquet",
+    "parquet_magic_only.parquet": "cannot read as Parquet",
+    "damaged_page_header.parquet": "cannot read as Parquet: Couldn't deserialize thrift",
+    "damaged_page_data.parquet": "cannot read as Parquet",
+    "directory_named.jsonl": "not a datasets directory",
+    "unsupported.csv": "unsupported file type '.csv'",
+    "no_extension": "unsupported file type 'no_extension'",
+}
+
+
 def _errors() -> dict:
-    line2 = {  # file -> what line 2 (between two good records) is told
-        "line_null.jsonl": "expected a JSON object, got null",
-        "line_array.jsonl": "expected a JSON object, got list",
-        "line_number.jsonl": "expected a JSON object, got int",
-        "line_string.jsonl": "expected a JSON object, got str",
-        "line_bool.jsonl": "expected a JSON object, got bool",
-        "unterminated_string.jsonl": "invalid JSON (Unterminated string",
-        "trailing_comma.jsonl": "invalid JSON (Expecting property name",
-        "single_quotes.jsonl": "invalid JSON (Expecting property name",
-        "python_none.jsonl": "invalid JSON (Expecting value at column 44)",
-        "two_objects_one_line.jsonl": "invalid JSON (Extra data",
-        "deep_nesting.jsonl": "invalid JSON (nested too deeply to parse)",
-        "deep_nesting_in_field.jsonl": "invalid JSON (nested too deeply to parse)",
-        "huge_int_votes.jsonl": "invalid JSON (Exceeds the limit (4300 digits)",
-        "huge_float_votes.jsonl": "field 'votes': votes must be non-negative integers (got [inf, 1])",
-        "nan_votes.jsonl": "field 'votes': votes must be non-negative integers (got [nan, 1])",
-        "infinity_votes.jsonl": "field 'chosen_votes/rejected_votes': votes must be non-negative integers (got [inf, 1])",
-        "negative_votes.jsonl": "field 'votes': votes must be non-negative integers",
-        "fractional_votes.jsonl": "field 'votes': votes must be non-negative integers",
-        "bool_votes.jsonl": "field 'votes': votes must be non-negative integers",
-        "zero_votes.jsonl": "field 'votes': votes are both zero",
-        "votes_three_items.jsonl": "field 'votes': expected [votes for chosen, votes for rejected]",
-        "votes_string.jsonl": "field 'votes': expected [votes for chosen, votes for rejected]",
-        "duplicate_key.jsonl": "duplicate key in an object ('chosen')",
-        "lone_surrogate_chosen.jsonl": "field 'chosen': not valid Unicode: a lone surrogate (\\ud800 at character 1)",
-        "lone_low_surrogate_prompt.jsonl": "field 'prompt': not valid Unicode: a lone surrogate (\\udc00",
-        "reversed_surrogate_pair_rejected.jsonl": "field 'rejected': not valid Unicode: a lone surrogate (\\ude00",
-        "lone_surrogate_chat_content.jsonl": "field 'prompt[0].content': not valid Unicode: a lone surrogate (\\udfff",
-        "latin1_encoded.jsonl": "not valid UTF-8 (byte 0xe9 at offset 15 of the line)",
-        "overlong_utf8.jsonl": "not valid UTF-8 (byte 0xc0 at offset 13 of the line)",
-        "utf8_encoded_surrogate.jsonl": "not valid UTF-8 (byte 0xed at offset 13 of the line)",
-        "nul_byte.jsonl": "holds a NUL byte",
-        "missing_chosen.jsonl": "field 'chosen': missing",
-        "missing_rejected.jsonl": "field 'rejected': missing",
-        "chosen_number.jsonl": "field 'chosen': expected a string or a list of messages, got int",
-        "rejected_object.jsonl": "field 'rejected': expected a string or a list of messages, got dict",
-        "prompt_number.jsonl": "field 'prompt': expected a string or a list of messages, got int",
-        "text_prompt_chat_answer.jsonl": "field 'chosen': the prompt is text, so the answer must be text",
-        "unknown_role.jsonl": "field 'prompt[0]': unknown role 'robot'",
-        "message_without_content.jsonl": "field 'prompt[0]': message has no 'content'",
-        "message_not_object.jsonl": "field 'prompt[0]': expected a message object, got str",
-        "content_number.jsonl": "field 'prompt[0]': 'content' must be a string, got int",
-        "answer_starts_with_user.jsonl": "field 'chosen': the answer must start with an assistant message",
-        "prompt_ends_with_assistant.jsonl": "field 'prompt': the last prompt message must not be the assistant's",
-        "finished_flag_string.jsonl": "field 'rejected_finished': expected true or false, got str",
-        "hh_without_assistant_marker.jsonl": "field 'prompt': missing, and chosen/rejected share no",
-        "text_and_chat_mixed.jsonl": "field 'rejected': one of chosen/rejected is text and the other a list",
-        "implicit_prompt_no_common_prefix.jsonl": "field 'prompt': missing, and chosen/rejected conversations share no common prefix",
-    }
-    cases = {name: _err(name, 2, says) for name, says in line2.items()}
+    cases = {name: _err(name, 2, says) for name, says in LINE2_ERRORS.items()}
     cases["truncated_last_line.jsonl"] = _err("truncated_last_line.jsonl", 3, "invalid JSON (Unterminated string")
     cases["invalid_utf8_byte.jsonl"] = _err("invalid_utf8_byte.jsonl", 3, "not valid UTF-8 (byte 0xff at offset 15 of the line)")
     cases["utf8_cut_at_end_of_file.jsonl"] = _err("utf8_cut_at_end_of_file.jsonl", 3, "not valid UTF-8 (byte 0xe2 at offset 18 of the line)")
@@ -132,26 +153,7 @@ def _errors() -> dict:
         ("pretty_object_not_array.json", "invalid JSON (Expecting property name"),
     ):
         cases[name] = _err(name, 1, says, per_record=False)
-    whole_file = {
-        "utf16le_bom.jsonl": "the file is UTF-16 (byte-order mark); save it as UTF-8",
-        "utf16be_bom.jsonl": "the file is UTF-16 (byte-order mark)",
-        "utf32le_bom.jsonl": "the file is UTF-32 (byte-order mark)",
-        "empty.jsonl": "holds no records",
-        "blank_lines_only.jsonl": "holds no records",
-        "utf8_bom_only.jsonl": "holds no records",
-        "array_deep_nesting.json": "invalid JSON (nested too deeply to parse)",
-        "array_duplicate_key.json": "duplicate key in an object ('prompt')",
-        "not_parquet.parquet": "cannot read as Parquet: Parquet magic bytes not found",
-        "empty.parquet": "cannot read as Parquet: Parquet file size is 0 bytes",
-        "truncated.parquet": "cannot read as Parquet",
-        "parquet_magic_only.parquet": "cannot read as Parquet",
-        "damaged_page_header.parquet": "cannot read as Parquet: Couldn't deserialize thrift",
-        "damaged_page_data.parquet": "cannot read as Parquet",
-        "directory_named.jsonl": "not a datasets directory",
-        "unsupported.csv": "unsupported file type '.csv'",
-        "no_extension": "unsupported file type 'no_extension'",
-    }
-    cases.update({name: _err(name, None, says) for name, says in whole_file.items()})
+    cases.update({name: _err(name, None, says) for name, says in WHOLE_FILE_ERRORS.items()})
     # A broken JSON array cannot be read past its error: always raised, at its line or item.
     cases["array_not_closed.json"] = Err("array_not_closed.json:4", "invalid JSON (Expecting ',' delimiter", per_record=False)
     cases["array_trailing_garbage.json"] = Err("array_trailing_garbage.json:2", "invalid JSON (Extra data", per_record=False)
@@ -306,6 +308,33 @@ def test_skip_mode_through_the_command_line(tiny_dir, tmp_path, capsys, monkeypa
     assert "1 skipped (1 malformed: expected a JSON object, got null), 0 truncated" in capsys.readouterr().out
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["loading"]["skipped"]["malformed: expected a JSON object, got null"]["examples"] == ["line_null.jsonl:2"]
+
+
+# One of each kind of path (line error, undecodable bytes, whole-file error, a counted
+# skip that leaves nothing) through the other commands that read data.
+OTHER_COMMANDS = ["line_null.jsonl", "invalid_utf8_byte.jsonl", "lone_surrogate_chosen.jsonl", "utf16le_bom.jsonl", "no_usable_pairs.jsonl"]
+
+
+@pytest.mark.parametrize("name", OTHER_COMMANDS)
+def test_sft_and_score(name, tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DPOKIT_CACHE", str(tmp_path / "cache"))
+    case, path = CASES[name], DATA / name
+    says = case.says if isinstance(case, Err) else f"no usable pairs ({case.counts})"
+    sft = ["sft", f"data={path}", f"model={tiny_dir}", f"output_dir={tmp_path / 'run'}", "max_steps=1", "progress=false"]
+    assert main(sft) == 2
+    assert says in assert_one_error_line(capsys, case, name)
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--model", str(tiny_dir), "--ref", str(tiny_dir), "--data", str(path), "--out", str(out)]) == 2
+    assert says in assert_one_error_line(capsys, case, name)
+    assert not out.exists()
+
+
+def test_eval_data_with_no_usable_pairs_is_named(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DPOKIT_CACHE", str(tmp_path / "cache"))
+    case = CASES["no_usable_pairs.jsonl"]
+    code = run_dpo(DATA / "crlf_line_endings.jsonl", tiny_dir, tmp_path / "run", f"eval_data={DATA / 'no_usable_pairs.jsonl'}")
+    assert code == 2
+    assert f"no usable pairs ({case.counts})" in assert_one_error_line(capsys, case, "no_usable_pairs.jsonl")
 
 
 # ---------------------------------------------------------------- made here: not committable as files
