@@ -225,7 +225,7 @@ def _same_kind(saved, example) -> bool:
     return isinstance(saved, type(example))
 
 
-def check_like(saved: dict, example: dict, path: Path, where: str = "") -> None:
+def _check_like(saved: dict, example: dict, path: Path, where: str = "") -> None:
     """Every key of `example` present in `saved` with a value of the same kind."""
     for key, value in example.items():
         if key not in saved:
@@ -239,11 +239,11 @@ def _optimizer_groups(meta: dict, optimizer, path: Path) -> list[dict]:
     if not isinstance(groups, list) or len(groups) != len(current) or not all(isinstance(g, dict) for g in groups):
         raise CheckpointError(f"{path}: 'param_groups' must list {len(current)} group(s) like the optimizer's")
     for i, (saved, now) in enumerate(zip(groups, current)):
-        check_like(saved, now, path, f"param_groups[{i}].")
+        _check_like(saved, now, path, f"param_groups[{i}].")
         if saved["params"] != now["params"]:
             raise CheckpointError(f"{path}: param_groups[{i}] lists other parameters than this model's optimizer")
         for key, value in now.items():  # JSON made tuples (betas) lists
-            if isinstance(value, tuple):
+            if isinstance(value, tuple) and isinstance(saved[key], list):
                 saved[key] = tuple(saved[key])
     return groups
 
@@ -288,7 +288,7 @@ def _numpy_rng(saved) -> tuple:
 def _rng_state(folder: Path) -> dict:
     tpath, jpath = folder / RNG_TENSORS, folder / RNG_JSON
     tensors, meta = _read_tensors(tpath), _read_json(jpath)
-    check_like(meta, {"python": [], "numpy": {}}, jpath)
+    _check_like(meta, {"python": [], "numpy": {}}, jpath)
     rng = {"cuda": [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]}
     # Each state is tried on a scratch generator before the real ones are touched.
     for name, path, parse, check in (
@@ -331,13 +331,13 @@ def read_checkpoint(path: Path, optimizer, scheduler) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint directory")
     _refuse_pickles(path)
     state = _read_json(path / STATE_JSON)
-    check_like(state, STATE_SCHEMA, path / STATE_JSON)
+    _check_like(state, STATE_SCHEMA, path / STATE_JSON)
     if state["format"] != FORMAT:
         raise CheckpointError(f"{path / STATE_JSON}: checkpoint format {state['format']}; this dpokit reads format {FORMAT} only (safetensors + JSON)")
     if state["step"] < 0 or state["skipped_steps"] < 0:
         raise CheckpointError(f"{path / STATE_JSON}: step and skipped_steps must be >= 0")
     sched = _read_json(path / SCHEDULER_JSON)
-    check_like(sched, scheduler.state_dict(), path / SCHEDULER_JSON)
+    _check_like(sched, scheduler.state_dict(), path / SCHEDULER_JSON)
     return Checkpoint(path, state, _read_weights(path / "model"), _optimizer_state(path, optimizer), sched, _rng_state(path))
 
 

@@ -284,6 +284,7 @@ class Trainer:
             f"had a non-finite loss or gradient; stopped without a final model. "
             f"Last good checkpoint: {kept[-1] if kept else 'none'}. Lower lr (now {self.cfg.lr:g})"
             + (" or set max_grad_norm > 0" if self.cfg.max_grad_norm == 0 else "")
+            + (" and continue from it with --resume --force" if kept else "")
         )
 
     def _summary(self, last_train: dict, last_eval: dict | None, elapsed: float, stopped: str | None = None) -> dict:

@@ -130,7 +130,10 @@ def prepare_run_dir(cfg, *, resume=None, force: bool = False, log=print) -> Path
             "replace it with --force, or pick a new output_dir"
         )
     for p in previous + ([run_dir / "tb"] if previous else []):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
     if previous:
         log(f"--force: removed the previous run in {run_dir} ({', '.join(p.name for p in previous)})")
     return None
