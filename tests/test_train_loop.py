@@ -234,6 +234,20 @@ def test_resume_restores_python_numpy_and_torch_rng(tmp_path):
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_resume_restores_the_cuda_rng(tmp_path):
+    """Dropout on a GPU draws from the CUDA generator, saved as rng.safetensors 'cuda.<i>'."""
+    trainer = make_trainer(make_cfg(tmp_path, max_steps=4))
+    torch.cuda.manual_seed_all(7)
+    torch.rand(5, device="cuda")  # off the seed
+    trainer.save(1)
+    expected = torch.rand(5, device="cuda")
+    again = make_trainer(make_cfg(tmp_path, max_steps=4))
+    torch.cuda.manual_seed_all(8)
+    again.resume_from(ckpt.list_checkpoints(again.run_dir)[-1])
+    assert torch.equal(torch.rand(5, device="cuda"), expected)
+
+
 def test_isolated_skips_reset_the_count_and_the_run_finishes(tmp_path, monkeypatch):
     """max_consecutive_skips=2 with steps 2 and 4 skipped: never two in a row, so the run ends
     normally; no checkpoint is written at a skipped step."""
