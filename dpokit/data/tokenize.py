@@ -10,8 +10,10 @@ injection into the chat format), and a completion ending in `<|im_end|>` would e
 (double EOS). Encoding it as plain characters instead would quietly train the model to
 write markup. Refusing is also what makes the simple encoding below safe: content holds no
 special-token text, so special tokens arise only where the chat template (or the
-tokenizer's BOS) writes them, and content next to template markup cannot join it into one
-(every special token starts with its own opening character, never with content's tail).
+tokenizer's BOS) writes them. (One could straddle content and markup only if a special
+token's text began in content and ended in the template's text; ChatML markup around
+content is whole special tokens and newlines, and the tests check that a fragment such as
+`<|im_` beside it stays plain text, for the tiny and the SmolLM2 tokenizers.)
 
 Text pairs:
     prompt      tokenizer(prompt) WITH its special tokens (BOS if the tokenizer adds one).
