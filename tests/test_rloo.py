@@ -58,6 +58,18 @@ def test_advantages_and_loss_by_hand(tmp_path, monkeypatch):
     assert stats["grad_norm"] == pytest.approx(float(hand_norm), rel=1e-4)
     assert stats["skipped_steps"] == 0
 
+    # After the step the policy has left the reference: KL_i = Σ_t (log π − log π_ref) and the
+    # shaped reward s_i − β·KL_i (β = 0.5) enter the leave-one-out baseline.
+    after = trainer.prepare(batch, scores)
+    with torch.no_grad():
+        kl = ((policy_token_logps(trainer.policy, batch) - policy_token_logps(trainer.reference, batch)) * batch.mask).sum(-1)
+    assert kl.abs().min() > 1e-3
+    shaped = scores - 0.5 * kl
+    loo = torch.stack([shaped[i] - (shaped[3 * (i // 3) : 3 * (i // 3) + 3].sum() - shaped[i]) / 2 for i in range(6)])
+    # Same float32 forwards, summed in another order: 1e-5 absolute on rewards of size ~1.
+    torch.testing.assert_close(after["seq_kl"], kl, atol=1e-5, rtol=0)
+    torch.testing.assert_close(after["advantages"], loo, atol=1e-5, rtol=0)
+
 
 def test_same_seed_same_run(tmp_path):
     a = make_trainer(tmp_path / "a").round(0)
