@@ -76,7 +76,7 @@ def run_sft(cfg: SentimentConfig, run_dir: Path, stage) -> str:
         lr=cfg.sft.lr, epochs=cfg.sft.epochs, max_steps=0, output_dir=str(run_dir / "sft"), lora=cfg.lora,
         save_every=0,
     )
-    result = train(sft_cfg, log=stage)
+    result = train(sft_cfg, log=stage, force=True)  # the study redoes its own stages on a rerun
     if cfg.lora.r > 0:
         raise NotImplementedError("sft.enabled with LoRA: merge the adapter first (not supported yet)")
     return str(result.final_dir)
@@ -162,7 +162,7 @@ def run_sentiment(cfg: SentimentConfig, log=print) -> dict:
         eval_data=str(run_dir / "heldout_pairs.jsonl") if heldout_pairs else None, eval_fraction=0.0,
         output_dir=str(run_dir / "policy"),
     )
-    result = train(dpo_cfg, log=stage)
+    result = train(dpo_cfg, log=stage, force=True)
     pol_samples, numbers = evaluate_policy(cfg, result.model, ref_model, tokenizer, ref_samples, reward_fn, heldout, stage)
     calibration = None
     if heldout_pairs:
