@@ -330,6 +330,9 @@ def config_source(arg: str | os.PathLike):
     path = Path(arg)
     if path.exists() or str(arg).endswith((".yaml", ".yml")) or len(path.parts) != 1:
         return path
+    if str(arg) not in recipes():
+        raise ConfigError(f"--config {arg}: no such file, and no packaged recipe of that name "
+                          f"(packaged: {', '.join(recipes())})")
     return recipe(str(arg))
 
 
@@ -348,9 +351,11 @@ def read_yaml(path) -> dict:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: YAML error: {e.problem or e.context}") from None
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of more than 4300 digits
+        raise ConfigError(f"{where}: YAML error: {', '.join(filter(None, (e.context, e.problem)))}") from None
+    except yaml.YAMLError as e:
         raise ConfigError(f"{path}: YAML error: {str(e).splitlines()[0]}") from None
+    except ValueError:  # Python refuses to read an integer of more than 4300 digits
+        raise ConfigError(f"{path}: YAML error: a number too long to read (over 4300 digits)") from None
     except RecursionError:
         raise ConfigError(f"{path}: YAML nested too deeply") from None
     if loaded is None:

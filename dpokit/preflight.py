@@ -36,8 +36,8 @@ def check_model(name: str, key: str = "model") -> None:
 
     try:
         path = resolve_model_path(name)
-    except ModelNotFoundError as e:
-        raise ConfigError(f"{key}: {e}") from None
+    except ModelNotFoundError as e:  # its message starts "model 'NAME' ..."
+        raise ConfigError(str(e) if key == "model" else f"{key}: {e}") from None
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise ConfigError(f"{key}: {name} is a directory without config.json or adapter_config.json, not a model")
 
