@@ -58,6 +58,7 @@ class PackedBatch:
     source: torch.Tensor  # (M,) long: flat index r*T + t of the hidden state predicting each scored token
     targets: torch.Tensor  # (M,) long: the scored token ids
     owner: torch.Tensor  # (M,) long: output slot, i = chosen of pair i, B + i = its rejected
+    ends: torch.Tensor  # (2B,) long: flat index of each slot's last completion token (reward models read there)
     pair_index: torch.Tensor  # (B,) long: data-set index of each pair, in the caller's order
 
     @property
@@ -233,7 +234,7 @@ def pack_pairs(
     # token sees only itself: no fully masked query rows, hence no NaN in forward or backward.
     segment = -1 - torch.arange(width).repeat(len(rows), 1)
     branch = torch.zeros((len(rows), width), dtype=torch.long)
-    gathers = []
+    gathers, ends = [], torch.zeros(2 * B, dtype=torch.long)
     for r, row in enumerate(rows):
         offset = 0
         for i in row:
@@ -242,6 +243,8 @@ def pack_pairs(
             input_ids[r, offset:end], position_ids[r, offset:end], branch[r, offset:end] = ids, pos, br
             segment[r, offset:end] = i
             gathers.append(gather)
+            chosen_end = offset + len(items[i].prompt_ids) + len(items[i].chosen_ids) - 1
+            ends[i], ends[B + i] = r * width + chosen_end, r * width + end - 1
             offset = end
     source, targets, owner = (torch.cat(parts) for parts in zip(*gathers))
     return PackedBatch(
@@ -251,8 +254,22 @@ def pack_pairs(
         source=source,
         targets=targets,
         owner=owner,
+        ends=ends,
         pair_index=torch.tensor([p.index for p in items], dtype=torch.long),
     )
+
+
+def packed_hidden(body, packed: PackedBatch) -> torch.Tensor:
+    """The decoder body's last hidden states (R, T, H) of the packed rows, under the block mask
+    (recast to the body's dtype when it differs)."""
+    mask = packed.attention_mask
+    param_dtype = next(body.parameters()).dtype
+    if mask.is_floating_point() and mask.dtype != param_dtype:
+        # Re-derive from "blocked" so the fill value is the minimum of the new dtype.
+        mask = block_mask_cast(mask, param_dtype)
+    return body(
+        input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, use_cache=False
+    ).last_hidden_state
 
 
 def packed_pair_logps(
@@ -266,14 +283,7 @@ def packed_pair_logps(
     One body forward for all rows; then the output head runs on the M gathered hidden states
     only, in checkpointed chunks of `chunk_size` (dpokit.logprobs.token_logps)."""
     body, head = model_body_and_head(model)
-    mask = packed.attention_mask
-    param_dtype = next(body.parameters()).dtype
-    if mask.is_floating_point() and mask.dtype != param_dtype:
-        # Re-derive from "blocked" so the fill value is the minimum of the new dtype.
-        mask = block_mask_cast(mask, param_dtype)
-    hidden = body(
-        input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, use_cache=False
-    ).last_hidden_state  # (R, T, H)
+    hidden = packed_hidden(body, packed)  # (R, T, H)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, packed.source)  # (M, H)
     lp = token_logps(h, packed.targets, head, chunk_size)  # (M,) float32
     B = packed.num_pairs
@@ -283,11 +293,15 @@ def packed_pair_logps(
 
 
 
-def pairs_logps(model, items: list[TokenizedPair], pad_id: int, pack_tokens: int, chunk_size: int = DEFAULT_CHUNK):
-    """`packed_pair_logps` of `items` packed for `model`: rows of at most `pack_tokens` tokens
-    (a longer pair gets a row of its own rather than an error), the mask in the model's dtype,
-    on the model's device. What the policy step and the model references both call."""
+def pack_for(model, items: list[TokenizedPair], pad_id: int, pack_tokens: int) -> PackedBatch:
+    """`items` packed for `model`: rows of at most `pack_tokens` tokens (a longer pair gets a row
+    of its own rather than an error), the mask in the model's dtype, on the model's device."""
     budget = max(pack_tokens, max(segment_length(p) for p in items))
     param = next(model.parameters())
-    packed = pack_pairs(items, pad_id, budget, mask_dtype=param.dtype).to(param.device)
-    return packed_pair_logps(model, packed, chunk_size=chunk_size)
+    return pack_pairs(items, pad_id, budget, mask_dtype=param.dtype).to(param.device)
+
+
+def pairs_logps(model, items: list[TokenizedPair], pad_id: int, pack_tokens: int, chunk_size: int = DEFAULT_CHUNK):
+    """`packed_pair_logps` of `items` packed for `model` (`pack_for`). What the policy step and
+    the model references both call."""
+    return packed_pair_logps(model, pack_for(model, items, pad_id, pack_tokens), chunk_size=chunk_size)

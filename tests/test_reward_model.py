@@ -175,3 +175,19 @@ def test_build_refuses_an_adapter_directory(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="LoRA adapter"):
         build_reward_model(tmp_path)
+
+
+@pytest.mark.parametrize("pack_tokens", [1, 12, 1000])
+def test_packed_rewards_equal_unpadded_forward(reward_model, pack_tokens):
+    """Prefix sharing: each pair as one [prompt | chosen | rejected] segment under the block
+    mask, rewards read at each branch's last token; one pair per row (budget 1), several pairs
+    per row, and everything in few rows. Includes 1-token prompts and a 2-token rejected; a
+    1-token completion is added too. Gradients flow through the packed path."""
+    model, _ = reward_model
+    items = _pairs() + [TokenizedPair([19, 20], [EOS], [41, 42, EOS], index=3)]
+    chosen, rejected = pair_rewards(model, items, EOS, pack_tokens=pack_tokens)
+    for i, p in enumerate(items):
+        assert chosen[i].item() == pytest.approx(_unpadded_reference(model, p.prompt_ids + p.chosen_ids), abs=TOL)
+        assert rejected[i].item() == pytest.approx(_unpadded_reference(model, p.prompt_ids + p.rejected_ids), abs=TOL)
+    (chosen - rejected).sum().backward()
+    assert model.score.weight.grad is not None and model.score.weight.grad.abs().sum() > 0

@@ -119,8 +119,20 @@ def reward_batch(items: list[TokenizedPair], pad_id: int) -> dict:
     }
 
 
-def pair_rewards(model, items: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_chosen, r_rejected), each (len(items),), with gradient if grad is enabled."""
+def pair_rewards(model, items: list[TokenizedPair], pad_id: int, pack_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen, r_rejected), each (len(items),), with gradient if grad is enabled.
+
+    `pack_tokens` > 0: the prompt is encoded once per pair ([prompt | chosen | rejected] with the
+    block mask of `dpokit.packing`, rows of at most that many tokens) and each reward is read at
+    its branch's last token; the same numbers as the padded rows up to float rounding."""
+    if pack_tokens > 0:
+        from dpokit.packing import pack_for, packed_hidden
+
+        backbone, head = backbone_and_head(model)
+        packed = pack_for(model, items, pad_id, pack_tokens)
+        hidden = packed_hidden(backbone, packed)
+        scores = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, packed.ends)).squeeze(-1).float()
+        return scores[: len(items)], scores[len(items) :]
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in reward_batch(items, pad_id).items()}
     scores = score_rows(model, batch["input_ids"], batch["attention_mask"], batch["last_index"])
@@ -135,9 +147,9 @@ class BTStep:
     rejected_rewards: torch.Tensor  # (B,), detached
 
 
-def bt_step(model, items: list[TokenizedPair], pad_id: int) -> BTStep:
+def bt_step(model, items: list[TokenizedPair], pad_id: int, pack_tokens: int = 0) -> BTStep:
     """Score a batch of pairs and compute the Bradley–Terry loss; the caller runs backward and
     the optimizer."""
-    chosen, rejected = pair_rewards(model, items, pad_id)
+    chosen, rejected = pair_rewards(model, items, pad_id, pack_tokens)
     losses, accuracy = bradley_terry_loss(chosen, rejected)
     return BTStep(losses.mean(), accuracy, chosen.detach(), rejected.detach())
