@@ -31,6 +31,25 @@ def _train_command(args, objective: str) -> int:
     return 0
 
 
+def _online_command(args) -> int:
+    """`dpokit ppo` / `dpokit rloo`: online RL from a reward model (or the ground truth)."""
+    from dpokit.preflight import check_run
+
+    if args.command == "ppo":
+        from dpokit.rlhf.ppo_config import PPOConfig as config_type
+    else:
+        from dpokit.rlhf.rloo_config import RLOOConfig as config_type
+    path = config_source(args.config) if args.config is not None else None
+    cfg = load_config(config_type, path, args.overrides)
+    check_run(cfg)
+    if args.command == "ppo":
+        from dpokit.rlhf.ppo_run import run_ppo as run
+    else:
+        from dpokit.rlhf.rloo import run_rloo as run
+    run(cfg)
+    return 0
+
+
 def _score_command(args) -> int:
     from dpokit.score import ScoreSettings, score_file
 
@@ -78,12 +97,22 @@ def _run_command(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpokit", description="Direct preference optimization, with the evidence.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("sft", "supervised fine-tuning on chosen completions (makes a reference)"), ("dpo", f"pairwise preference training ({', '.join(LOSSES)})")):
+    trainers = (
+        ("sft", "supervised fine-tuning on chosen completions (makes a reference)"),
+        ("dpo", f"pairwise preference training ({', '.join(LOSSES)})"),
+        ("rm", "Bradley–Terry reward model on the same pair files (scalar head, loads as AutoModelForSequenceClassification)"),
+    )
+    for name, help_text in trainers:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help=f"YAML file, or a packaged recipe: {name}")
         p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the latest checkpoint in output_dir, or from PATH")
         p.add_argument("--force", action="store_true", help="resume despite changed data/config, or replace a previous run in output_dir")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.1 lora.r=8")
+    for name, help_text in (("ppo", "PPO with a KL penalty to the reference (the RLHF baseline)"),
+                            ("rloo", "RLOO: k samples per prompt, leave-one-out baseline, no value model")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help=f"YAML file, or a packaged recipe: {name}_sentiment")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. kl_coef=0.1 reward_model=runs/rm/final")
     p = sub.add_parser("score", help="per-pair log-probs and implicit reward margins")
     p.add_argument("--model", required=True)
     p.add_argument("--ref", required=True)
@@ -120,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
-        if args.command in ("sft", "dpo"):
+        if args.command in ("sft", "dpo", "rm"):
             return _train_command(args, args.command)
+        if args.command in ("ppo", "rloo"):
+            return _online_command(args)
         if args.command == "score":
             return _score_command(args)
         if args.command == "audit":

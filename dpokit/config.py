@@ -117,7 +117,7 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     # --- what to train -------------------------------------------------------------
-    objective: str = "dpo"  # dpo (any pairwise loss below) | sft (NLL on the chosen completion)
+    objective: str = "dpo"  # dpo (any pairwise loss below) | sft (NLL on the chosen completion) | rm (Bradley–Terry reward model)
     model: str = "smollm2-135m-instruct"  # local dir, locally cached hub id, or the bundled alias
     ref_model: str | None = None  # reference policy; None = the starting model
     dtype: str = "float32"  # float32 | bfloat16 (weights)
@@ -392,7 +392,7 @@ def save_config(cfg, path: str | Path) -> None:
 # Rules across keys
 
 _CHOICES = {
-    "objective": ("dpo", "sft"),
+    "objective": ("dpo", "sft", "rm"),
     "dtype": ("float32", "bfloat16"),
     "on_malformed": ("raise", "skip"),
     "prompt_overflow": ("truncate", "skip"),
@@ -435,6 +435,8 @@ def _check_combinations(cfg: TrainConfig) -> None:
             "the global gradient norm or accumulate micro-batches; set max_grad_norm=0, grad_accum=1 "
             "and microbatch_tokens=0"
         )
+    if cfg.objective == "rm" and cfg.lora.r > 0:
+        raise ConfigError("objective=rm trains the full reward model: LoRA (lora.r > 0) is not supported for it yet")
     if cfg.reference == "adapter" and cfg.lora.r <= 0:
         raise ConfigError("reference=adapter needs LoRA (lora.r > 0)")
     if cfg.lora.r > 0 and not cfg.lora.target_modules:

@@ -190,11 +190,23 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
 
 
 def load_tokenizer(name: str | os.PathLike):
-    """The tokenizer of a model directory, alias or cached hub id (also of an adapter dir,
-    which `save_model` writes with its tokenizer)."""
+    """The tokenizer of a model directory, alias or cached hub id; of an adapter directory,
+    its own (`save_model` writes one beside the adapter) or else its base model's."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(name))
+    path = resolve_model_path(name)
+    base = _adapter_base(path)
+    if base is not None and not (path / "tokenizer_config.json").exists():
+        path = base  # plain peft saves hold no tokenizer
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _adapter_base(path: Path) -> Path | None:
+    """The base model directory of a peft adapter directory; None for a full model."""
+    adapter_config = path / "adapter_config.json"
+    if not adapter_config.exists() or (path / "config.json").exists():
+        return None
+    return resolve_model_path(json.loads(adapter_config.read_text())["base_model_name_or_path"])
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -224,19 +236,15 @@ def load_model(
 
     torch_dtype = _torch_dtype(dtype)
     path = resolve_model_path(name)
-    adapter_config = path / "adapter_config.json"
-    if adapter_config.exists() and not (path / "config.json").exists():
+    tokenizer = load_tokenizer(path)
+    base_path = _adapter_base(path)
+    if base_path is not None:
         from peft import PeftModel
 
-        base_path = resolve_model_path(json.loads(adapter_config.read_text())["base_model_name_or_path"])
-        # save_model writes the tokenizer beside the adapter; plain peft saves do not.
-        has_tokenizer = (path / "tokenizer_config.json").exists()
-        tokenizer = load_tokenizer(path if has_tokenizer else base_path)
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, attn_implementation="sdpa")
         trainable = lora is not None and lora.enabled
         model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
     else:
-        tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
         if lora is not None and lora.enabled:
             model = apply_lora(model, lora)

@@ -42,9 +42,13 @@ def check_model(name: str, key: str = "model") -> None:
         raise ConfigError(f"{key}: {name} is a directory without config.json or adapter_config.json, not a model")
 
 
+MODEL_KEYS = ("model", "ref_model", "reward_model", "value_model")
+
+
 def check_run(cfg) -> None:
-    """Everything a TrainConfig (or SentimentConfig) run needs from its surroundings up front."""
+    """Everything a run (TrainConfig, a study's config, PPO / RLOO) needs from its surroundings
+    up front: a writable output_dir and every model key it has that is set."""
     check_output_dir(cfg.output_dir)
-    check_model(cfg.model)
-    if cfg.ref_model:
-        check_model(cfg.ref_model, "ref_model")
+    for key in MODEL_KEYS:
+        if getattr(cfg, key, None):
+            check_model(getattr(cfg, key), key)

@@ -1,4 +1,4 @@
-"""The training loop shared by SFT and every pairwise loss.
+"""The training loop shared by SFT, every pairwise loss and the Bradley–Terry reward model.
 
 Order of pairs: epoch e uses a permutation seeded by (seed, e); optimizer step s takes the
 next `batch_size × grad_accum` pairs of it. The data position is therefore a function of the
@@ -32,7 +32,7 @@ from dpokit.train.backward_step import BackwardStepper
 from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm, json_safe
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.prepare import PreparedData, build_reference, prepare_data
-from dpokit.train.step import pairwise_step, processed_tokens, sft_step
+from dpokit.train.step import pairwise_step, processed_tokens, reward_model_step, sft_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,6 +74,18 @@ def total_steps(cfg: TrainConfig, order: StepOrder) -> int:
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * order.steps_per_epoch))
 
 
+def load_trainable_model(cfg: TrainConfig):
+    """(model, tokenizer) to train: the causal LM (with LoRA when asked), or for objective=rm a
+    scalar-head reward model on its backbone (dpokit.rlhf.reward_model)."""
+    if cfg.objective == "rm":
+        from dpokit.rlhf.reward_model import build_reward_model
+
+        return build_reward_model(cfg.model, dtype=cfg.dtype)
+    from dpokit.models import load_model
+
+    return load_model(cfg.model, dtype=cfg.dtype, lora=cfg.lora)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, model=None, tokenizer=None, data: PreparedData | None = None, log=print):
         validate_train_config(cfg)
@@ -85,13 +97,16 @@ class Trainer:
         seed_everything(cfg.seed)
         self.run_dir = Path(cfg.output_dir)  # files go in only from fit(), after rundir's checks
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if model is None:
-            from dpokit.models import load_model
+        if tokenizer is None:
+            from dpokit.models import load_tokenizer
 
-            model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, lora=cfg.lora)
+            tokenizer = load_tokenizer(cfg.model)
+        # The data first: a data error is reported before a model is loaded.
+        self.data = data or prepare_data(cfg, tokenizer, log)
+        if model is None:
+            model, tokenizer = load_trainable_model(cfg)
         self.model, self.tokenizer = model, tokenizer
         self.pad_id = resolve_pad_id(tokenizer)
-        self.data = data or prepare_data(cfg, tokenizer, log)
         self.pairwise = cfg.objective == "dpo"
         self.ref_train = self.ref_eval = None
         if self.pairwise:
@@ -112,6 +127,8 @@ class Trainer:
     def _loss(self, items, reference, votes):
         if self.pairwise:
             return pairwise_step(self.model, reference, items, self.pad_id, self.cfg, votes=votes)
+        if self.cfg.objective == "rm":
+            return reward_model_step(self.model, items, self.pad_id, self.cfg)
         return sft_step(self.model, items, self.pad_id, self.cfg)
 
     def train_step(self, step: int) -> dict:
@@ -142,7 +159,7 @@ class Trainer:
         # which metrics.jsonl writes as null. A finite loss with a non-finite gradient keeps them.
         means = sums.means() if finite else {"loss": float("nan")}
         record = {"step": step + 1, "split": "train", **means, "lr": lr, "grad_norm": norm}
-        record["tokens_per_s"] = processed_tokens(items, cfg, pairs=self.pairwise) / elapsed
+        record["tokens_per_s"] = processed_tokens(items, cfg, pairs=cfg.objective != "sft") / elapsed
         record["pairs_per_s"] = len(items) / elapsed
         record["skipped"] = not applied
         return record

@@ -34,11 +34,12 @@ class MetricSums:
                     "rewards/rejected": rejected_rewards,
                     "rewards/margins": chosen_rewards - rejected_rewards,
                     "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
-                    "logps/rejected": rejected_logps,
                 }
             )
         if chosen_logps is not None:
             values["logps/chosen"] = chosen_logps
+        if rejected_logps is not None:
+            values["logps/rejected"] = rejected_logps
         for name, tensor in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(tensor.detach().float().sum())
         self.pairs += int(losses.shape[0])

@@ -106,3 +106,18 @@ def sft_step(model, items, pad_id, cfg) -> tuple[torch.Tensor, MetricSums]:
     sums = MetricSums()
     sums.add_pairs(losses, chosen_logps=out.logps.detach())
     return losses, sums
+
+
+def reward_model_step(model, items, pad_id, cfg) -> tuple[torch.Tensor, MetricSums]:
+    """Bradley–Terry: per-pair −log σ(r(x, y_c) − r(x, y_r)) (B,), the rewards read at each
+    completion's last token (prefix-shared packing when `cfg.packing`). The metrics use the
+    rewards' names (rewards/chosen, rewards/margins, rewards/accuracies ...)."""
+    from dpokit.rlhf.estimators import bradley_terry_loss
+    from dpokit.rlhf.reward_model import pair_rewards
+
+    with autocast_context(cfg):
+        chosen, rejected = pair_rewards(model, items, pad_id, cfg.pack_tokens if cfg.packing else 0)
+    losses, _ = bradley_terry_loss(chosen, rejected)
+    sums = MetricSums()
+    sums.add_pairs(losses, chosen.detach(), rejected.detach())
+    return losses, sums
