@@ -43,10 +43,13 @@ def _online_command(args) -> int:
     cfg = load_config(config_type, path, args.overrides)
     check_run(cfg)
     if args.command == "ppo":
-        from dpokit.rlhf.ppo_run import run_ppo as run
+        from dpokit.rlhf.ppo_run import run_ppo
+
+        run_ppo(cfg, resume=args.resume, force=args.force)
     else:
-        from dpokit.rlhf.rloo import run_rloo as run
-    run(cfg)
+        from dpokit.rlhf.rloo import run_rloo
+
+        run_rloo(cfg)
     return 0
 
 
@@ -112,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                             ("rloo", "RLOO: k samples per prompt, leave-one-out baseline, no value model")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help=f"YAML file, or a packaged recipe: {name}_sentiment")
+        if name == "ppo":
+            p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the latest checkpoint in output_dir, or from PATH")
+            p.add_argument("--force", action="store_true", help="resume despite changed settings, or replace a previous run in output_dir")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. kl_coef=0.1 reward_model=runs/rm/final")
     p = sub.add_parser("score", help="per-pair log-probs and implicit reward margins")
     p.add_argument("--model", required=True)

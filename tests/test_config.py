@@ -186,10 +186,18 @@ def test_recipes_are_package_data():
     from dpokit.tasks.registry import _default_config
 
     names = sorted(p.name for p in resources.files("dpokit.configs").iterdir() if p.name.endswith(".yaml"))
-    assert names == ["dpo.yaml", "sentiment.yaml", "sentiment_quick.yaml", "sft.yaml"] and recipes() == ["dpo", "sentiment", "sentiment_quick", "sft"]
+    expected = ["dpo", "ppo_sentiment", "rloo_sentiment", "rm", "sentiment", "sentiment_quick", "sft"]
+    assert names == [f"{n}.yaml" for n in expected] and recipes() == expected
     assert _default_config("sentiment", quick=True).name == "sentiment_quick.yaml"
     assert load_config(SentimentConfig, _default_config("sentiment", quick=False)).prompts.n_train == 240
     assert not Path("configs").exists()  # one copy only: dpokit/configs
+    from dpokit.config import config_source
+    from dpokit.rlhf.ppo_config import PPOConfig
+    from dpokit.rlhf.rloo_config import RLOOConfig
+
+    for name, cls in (("dpo", TrainConfig), ("rm", TrainConfig), ("sft", TrainConfig),
+                      ("ppo_sentiment", PPOConfig), ("rloo_sentiment", RLOOConfig)):
+        load_config(cls, config_source(name))  # every recipe loads and validates
 
 
 def test_missing_recipe_is_an_error_not_defaults(tmp_path, monkeypatch, capsys):

@@ -18,6 +18,7 @@ number, so a resumed run draws what the uninterrupted run drew.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -183,22 +184,84 @@ class PPOTrainer:
         }
 
     # -- the run ------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self, resume=None, force: bool = False) -> dict:
+        """All rounds; `resume` ("latest" or a checkpoint dir) continues a run exactly, `force`
+        as for `dpokit dpo` (dpokit.train.rundir)."""
+        from dpokit.config import save_config
+        from dpokit.train import rundir
         from dpokit.train.metrics import MetricsWriter
 
+        path = rundir.prepare_run_dir(self.cfg, resume=resume, force=force, log=self.log)
+        start = self.restore(path, force) if path else 0
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        writer = MetricsWriter(self.run_dir)
-        last = {}
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        writer = MetricsWriter(self.run_dir, resume_step=start if path else None)
+        last, every = {}, self.cfg.save_every
         try:
-            for rnd in range(self.cfg.steps):
+            for rnd in range(start, self.cfg.steps):
                 last = self.round(rnd)
                 writer.write(last)
                 self.log(_round_line(last))
+                if every and (rnd + 1) % every == 0 and rnd + 1 < self.cfg.steps:
+                    self.save(rnd + 1)
         finally:
             writer.close()
-        summary = {"rounds": self.cfg.steps, "last": last, "kl_controller": vars(self.kl_ctl)}
+        summary = {"rounds": self.cfg.steps, "last": last, "kl_controller": dataclasses.asdict(self.kl_ctl)}
         (self.run_dir / "ppo_summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _identity(self) -> dict:
+        """The config keys a resumed round depends on, through JSON (as state.json returns them)."""
+        keys = set(dataclasses.asdict(self.cfg)) - set(PPOConfig.NON_TRAJECTORY_KEYS)
+        return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(self.cfg).items() if k in keys}))
+
+    def save(self, rnd: int) -> Path:
+        """checkpoint-<round>/: policy/ and value/ (safetensors), the optimizer (safetensors +
+        JSON), state.json (round, KL controller, config). No RNG state is needed: every draw of
+        a round is seeded by the round number."""
+        from dpokit.models import save_model
+        from dpokit.train import checkpoint as ckpt
+
+        ckpt.assert_finite_parameters(self.policy)
+        ckpt.assert_finite_parameters(self.value_model)
+
+        def write(tmp: Path) -> None:
+            save_model(self.policy, self.tokenizer, tmp / "policy")
+            save_model(self.value_model, self.tokenizer, tmp / "value")
+            ckpt.write_optimizer(self.optimizer, tmp)
+            state = {"format": ckpt.FORMAT, "kind": "ppo", "step": rnd,
+                     "kl_controller": dataclasses.asdict(self.kl_ctl), "config": self._identity()}
+            (tmp / ckpt.STATE_JSON).write_text(json.dumps(state, indent=2))
+
+        out = ckpt.atomic_directory(self.run_dir / f"{ckpt.PREFIX}{rnd:06d}", write)
+        ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+        return out
+
+    def restore(self, path: Path, force: bool = False) -> int:
+        """Load checkpoint `path` (checked before anything changes); returns its round."""
+        from dpokit.train import checkpoint as ckpt
+
+        path = Path(path)
+        ckpt.refuse_pickles(path)
+        state = ckpt.read_json(path / ckpt.STATE_JSON)
+        if state.get("kind") != "ppo" or state.get("format") != ckpt.FORMAT or not isinstance(state.get("step"), int):
+            raise ckpt.CheckpointError(f"{path / ckpt.STATE_JSON}: not a PPO checkpoint of this dpokit (kind, format, step)")
+        changed = [k for k in sorted(set(state.get("config", {})) | set(self._identity()))
+                   if state.get("config", {}).get(k) != self._identity().get(k)]
+        if changed and not force:
+            raise ckpt.CheckpointError(f"{path}: made with other settings ({', '.join(changed)}); --force resumes anyway")
+        weights = {name: ckpt.read_weights(path / name) for name in ("policy", "value")}
+        optimizer_state = ckpt.read_optimizer(path, self.optimizer)
+        try:
+            controller = est.kl_controller(state["kl_controller"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ckpt.CheckpointError(f"{path / ckpt.STATE_JSON}: bad kl_controller ({e})") from None
+        ckpt.load_trainable_state(self.policy, weights["policy"], path / "policy")
+        ckpt.load_trainable_state(self.value_model, weights["value"], path / "value")
+        self.optimizer.load_state_dict(optimizer_state)
+        self.kl_ctl = controller
+        self.log(f"resumed from {path} at round {state['step']}")
+        return state["step"]
 
 
 def _round_line(m: dict) -> str:

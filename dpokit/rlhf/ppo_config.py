@@ -41,7 +41,12 @@ class PPOConfig:
     seed: int = ranged(0, **SEED_RANGE)
     # --- output ------------------------------------------------------------------------------
     output_dir: str = "runs/ppo"
+    save_every: int = ranged(0, ge=0, note="rounds between checkpoints; 0 = only the final model")
+    keep_checkpoints: int = ranged(2, ge=0, note="0 = keep all")
     progress: bool = True
+
+    # Keys that change nothing a round computes: a resume may differ in them.
+    NON_TRAJECTORY_KEYS = ("output_dir", "save_every", "keep_checkpoints", "progress", "steps")
 
     def validate(self, given: set[str] | None = None) -> None:
         check_ranges(self)

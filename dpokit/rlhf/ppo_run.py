@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dpokit.config import ConfigError, save_config
+from dpokit.config import ConfigError
 from dpokit.rlhf.ppo_config import PPOConfig
 
 
@@ -54,15 +54,13 @@ def build_value_model(cfg: PPOConfig):
     return load_reward_model(start)[0] if start else build_reward_model(cfg.model)[0]
 
 
-def run_ppo(cfg: PPOConfig, log=print) -> dict:
+def run_ppo(cfg: PPOConfig, log=print, *, resume=None, force: bool = False) -> dict:
     from dpokit.eval.rewards import get_reward
     from dpokit.models import load_model, save_model
     from dpokit.rlhf.ppo import PPOTrainer
     from dpokit.rlhf.reward_model import load_reward_model
 
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     prompts = load_prompts(cfg)
     policy, tokenizer = load_model(cfg.model, lora=cfg.lora)
     reward_model = None
@@ -73,7 +71,7 @@ def run_ppo(cfg: PPOConfig, log=print) -> dict:
     log(f"PPO: {len(prompts)} prompts, {cfg.steps} rounds of {cfg.rollout_size} samples, reward={cfg.reward}")
     trainer = PPOTrainer(cfg, policy=policy, tokenizer=tokenizer, value_model=build_value_model(cfg),
                          prompts=prompts, reward_fn=get_reward("sentiment"), reward_model=reward_model, log=log)
-    summary = trainer.fit()
+    summary = trainer.fit(resume=resume, force=force)
     save_model(trainer.policy, tokenizer, run_dir / "final")
     save_model(trainer.value_model, tokenizer, run_dir / "value")
     log(f"saved {run_dir / 'final'} (policy) and {run_dir / 'value'} (value model)")

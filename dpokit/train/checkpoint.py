@@ -143,6 +143,13 @@ def _optimizer_files(state_dict: dict) -> tuple[dict, dict]:
     return tensors, {"param_groups": state_dict["param_groups"], "state": other}
 
 
+def write_optimizer(optimizer, folder: Path) -> None:
+    """The optimizer's state as OPTIMIZER_TENSORS + OPTIMIZER_JSON in `folder`."""
+    tensors, meta = _optimizer_files(optimizer.state_dict())
+    save_file(tensors, str(Path(folder) / OPTIMIZER_TENSORS))
+    _write_json(Path(folder) / OPTIMIZER_JSON, meta)
+
+
 def _rng_files() -> tuple[dict, dict]:
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -160,9 +167,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, sc
 
     def write(tmp: Path) -> None:
         save_model(model, tokenizer, tmp / "model")
-        tensors, meta = _optimizer_files(optimizer.state_dict())
-        save_file(tensors, str(tmp / OPTIMIZER_TENSORS))
-        _write_json(tmp / OPTIMIZER_JSON, meta)
+        write_optimizer(optimizer, tmp)
         _write_json(tmp / SCHEDULER_JSON, scheduler.state_dict())
         tensors, meta = _rng_files()
         save_file(tensors, str(tmp / RNG_TENSORS))
@@ -192,7 +197,7 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 # -- reading: every file checked before anything is restored --------------------------------
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -248,10 +253,10 @@ def _optimizer_groups(meta: dict, optimizer, path: Path) -> list[dict]:
     return groups
 
 
-def _optimizer_state(folder: Path, optimizer) -> dict:
+def read_optimizer(folder: Path, optimizer) -> dict:
     """The optimizer's state dict rebuilt from its two files, checked against `optimizer`."""
     tpath, jpath = folder / OPTIMIZER_TENSORS, folder / OPTIMIZER_JSON
-    tensors, meta = _read_tensors(tpath), _read_json(jpath)
+    tensors, meta = _read_tensors(tpath), read_json(jpath)
     groups = _optimizer_groups(meta, optimizer, jpath)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     state: dict[int, dict] = {}
@@ -287,7 +292,7 @@ def _numpy_rng(saved) -> tuple:
 
 def _rng_state(folder: Path) -> dict:
     tpath, jpath = folder / RNG_TENSORS, folder / RNG_JSON
-    tensors, meta = _read_tensors(tpath), _read_json(jpath)
+    tensors, meta = _read_tensors(tpath), read_json(jpath)
     _check_like(meta, {"python": [], "numpy": {}}, jpath)
     rng = {"cuda": [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]}
     # Each state is tried on a scratch generator before the real ones are touched.
@@ -304,7 +309,7 @@ def _rng_state(folder: Path) -> dict:
     return rng
 
 
-def _refuse_pickles(folder: Path) -> None:
+def refuse_pickles(folder: Path) -> None:
     for p in sorted(folder.rglob("*")):
         if p.suffix in PICKLE_SUFFIXES:
             raise CheckpointError(
@@ -313,7 +318,7 @@ def _refuse_pickles(folder: Path) -> None:
             )
 
 
-def _read_weights(model_dir: Path) -> dict:
+def read_weights(model_dir: Path) -> dict:
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{model_dir}: no safetensors weights")
@@ -329,16 +334,16 @@ def read_checkpoint(path: Path, optimizer, scheduler) -> Checkpoint:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
-    _refuse_pickles(path)
-    state = _read_json(path / STATE_JSON)
+    refuse_pickles(path)
+    state = read_json(path / STATE_JSON)
     _check_like(state, STATE_SCHEMA, path / STATE_JSON)
     if state["format"] != FORMAT:
         raise CheckpointError(f"{path / STATE_JSON}: checkpoint format {state['format']}; this dpokit reads format {FORMAT} only (safetensors + JSON)")
     if state["step"] < 0 or state["skipped_steps"] < 0:
         raise CheckpointError(f"{path / STATE_JSON}: step and skipped_steps must be >= 0")
-    sched = _read_json(path / SCHEDULER_JSON)
+    sched = read_json(path / SCHEDULER_JSON)
     _check_like(sched, scheduler.state_dict(), path / SCHEDULER_JSON)
-    return Checkpoint(path, state, _read_weights(path / "model"), _optimizer_state(path, optimizer), sched, _rng_state(path))
+    return Checkpoint(path, state, read_weights(path / "model"), read_optimizer(path, optimizer), sched, _rng_state(path))
 
 
 # -- restoring ------------------------------------------------------------------------------

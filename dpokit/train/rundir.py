@@ -85,8 +85,8 @@ def previous_run(run_dir: Path) -> list[Path]:
 
 def _refuse_inputs_inside(cfg, run_dir: Path) -> None:
     root = run_dir.resolve()
-    for key in ("model", "ref_model"):
-        value = getattr(cfg, key)
+    for key in ("model", "ref_model", "reward_model", "value_model"):
+        value = getattr(cfg, key, None)
         if not value or not Path(value).expanduser().exists():
             continue  # an alias or hub id, not a directory of this run
         try:
