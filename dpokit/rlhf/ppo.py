@@ -35,6 +35,19 @@ from dpokit.rlhf.rollout import (
 ROUND_SEED_STRIDE = 1_000_003  # rounds of different seeds never share a sampling seed
 
 
+def round_prompts(prompts: list[str], size: int, seed: int, rnd: int) -> list[str]:
+    """The `size` prompts of round `rnd`: consecutive slices of a seeded permutation per pass
+    over the set, so every prompt is used once per pass and a round is a function of its number."""
+    n, out, k = len(prompts), [], rnd * size
+    while len(out) < size:
+        epoch, offset = divmod(k, n)
+        g = torch.Generator().manual_seed(seed * ROUND_SEED_STRIDE + epoch)
+        take = torch.randperm(n, generator=g).tolist()[offset : offset + size - len(out)]
+        out += [prompts[i] for i in take]
+        k += len(take)
+    return out
+
+
 class PPOTrainer:
     """Holds policy, reference, value model and reward; `fit()` runs the rounds.
 
@@ -66,17 +79,7 @@ class PPOTrainer:
 
     # -- one round ----------------------------------------------------------------------------
     def round_prompts(self, rnd: int) -> list[str]:
-        """The `rollout_size` prompts of round `rnd`: a seeded permutation per pass over the set."""
-        n, size = len(self.prompts), self.cfg.rollout_size
-        out, k = [], rnd * size
-        while len(out) < size:
-            epoch, offset = divmod(k, n)
-            g = torch.Generator().manual_seed(self.cfg.seed * ROUND_SEED_STRIDE + epoch)
-            perm = torch.randperm(n, generator=g).tolist()
-            take = perm[offset : offset + size - len(out)]
-            out += [self.prompts[i] for i in take]
-            k += len(take)
-        return out
+        return round_prompts(self.prompts, self.cfg.rollout_size, self.cfg.seed, rnd)
 
     def rollout(self, rnd: int) -> tuple[RolloutBatch, list[str]]:
         cfg = self.cfg

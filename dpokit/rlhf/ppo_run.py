@@ -10,8 +10,8 @@ from dpokit.config import ConfigError
 from dpokit.rlhf.ppo_config import PPOConfig
 
 
-def load_prompts(cfg: PPOConfig) -> list[str]:
-    """`sentiment`: the sentiment study's train prompts (its held-out prompts are never used
+def load_prompts(cfg) -> list[str]:
+    """The prompts a PPO or RLOO config (`prompts`, `n_prompts`) names. `sentiment`: the sentiment study's train prompts (its held-out prompts are never used
     here); otherwise a JSONL file with one {"prompt": str} per line."""
     if cfg.prompts == "sentiment":
         from dpokit.tasks.sentiment_config import PromptsConfig

@@ -26,13 +26,12 @@ import copy
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from dpokit.generate import sample_completions
 from dpokit.rlhf import estimators as est
-from dpokit.rlhf.ppo import ROUND_SEED_STRIDE, PPOTrainer
+from dpokit.rlhf.ppo import ROUND_SEED_STRIDE, round_prompts
 from dpokit.rlhf.rloo_config import RLOOConfig
 from dpokit.rlhf.rollout import RolloutBatch, build_rollout_batch, policy_token_entropy, policy_token_logps, sequence_scores
 
@@ -76,11 +75,8 @@ class RLOOTrainer:
 
     # -- rollout ------------------------------------------------------------------------------
     def round_prompts(self, rnd: int) -> list[str]:
-        """The `rollout_prompts` prompts of round `rnd`, drawn exactly as PPO draws its
-        rollout (a seeded permutation per pass over the set): PPO's own method, given this
-        trainer's prompt count per round."""
-        view = SimpleNamespace(prompts=self.prompts, cfg=SimpleNamespace(rollout_size=self.cfg.rollout_prompts, seed=self.cfg.seed))
-        return PPOTrainer.round_prompts(view, rnd)
+        """The `rollout_prompts` prompts of round `rnd` (each sampled k times)."""
+        return round_prompts(self.prompts, self.cfg.rollout_prompts, self.cfg.seed, rnd)
 
     def rollout(self, rnd: int) -> tuple[RolloutBatch, list[str]]:
         """k samples of each of the round's prompts; row i·k + j is sample j of prompt i."""
