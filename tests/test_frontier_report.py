@@ -38,6 +38,7 @@ POINTS = [
     _p("best-of-n (oracle)", "N=1", 0, 0.0, 0.10, (0.05, 0.15), 120.0, win=None),
     _p("best-of-n (oracle)", "N=4", 0, 0.636, 0.43, (0.38, 0.48), 120.0, win=None),
     _p("best-of-n (oracle)", "N=16", 0, 1.835, 0.48, (0.44, 0.52), 120.0, win=None),
+    _p("rloo", "k=4", 20, 5.0, 0.50, (0.47, 0.53), 200.0),  # exactly on a bound: KL ≤ 5 holds
 ]
 
 
@@ -51,7 +52,8 @@ def test_best_at_kl_picks_the_known_winner_per_bound():
     assert _who(best[2]["winner"]) == ("best-of-n (oracle)", "N=16", 0)
     assert _who(best[5]["winner"]) == ("dpo", "β=0.1", 200)
     assert _who(best[10]["winner"]) == ("ppo", "kl_coef=0.05", 20)
-    assert best[2]["by_method"]["ppo"] is None and best[5]["by_method"]["rloo"] is None
+    assert best[2]["by_method"]["ppo"] is None and best[2]["by_method"]["rloo"] is None
+    assert _who(best[5]["by_method"]["rloo"]) == ("rloo", "k=4", 20)
     assert _who(best[2]["by_method"]["dpo"]) == ("dpo", "β=0.5", 200)  # higher reward, not the later step
     assert all(b["by_method"]["preferred-ft"] is None for b in best.values())  # NaN reward never wins
     assert _who(fr.best_at_kl(POINTS, bounds=(20,))[20]["winner"]) == ("ppo", "kl_coef=0.05", 30)
@@ -63,7 +65,8 @@ def test_summary_sentences_state_winner_and_whether_it_is_distinguishable():
     assert "KL ≤ 2 nats" in at2 and "comes from best-of-n (oracle) (N=16, step 0): 0.48 [0.44, 0.52] at KL 1.8" in at2
     assert "runner-up dpo (β=0.5, step 200)" in at2 and "not distinguishable" in at2
     assert at2.endswith("at KL ≤ 2: preferred-ft, ppo, rloo.")
-    assert "comes from dpo (β=0.1, step 200)" in at5 and "do not overlap" in at5 and "not distinguishable" not in at5
+    assert "comes from dpo (β=0.1, step 200)" in at5 and "runner-up rloo (k=4, step 20)" in at5
+    assert "do not overlap" in at5 and "not distinguishable" not in at5 and at5.endswith("KL ≤ 5: preferred-ft.")
     assert "comes from ppo" in at10 and "runner-up rloo" in at10 and "cannot be compared" in at10
     assert any("upper bound" in s for s in lines)  # Best-of-N KL is not a sampled estimate
 
@@ -135,7 +138,8 @@ def test_frontier_png_and_markdown(written):
     assert order == sorted(order) and cells[0][0] == "reference" and cells[-1][0] == "best-of-n (oracle)"
     dpo_kls = [float(c[3]) for c in cells if c[0] == "dpo"]
     assert dpo_kls == sorted(dpo_kls) == [0.8, 1.5, 1.8, 4.0, 8.0]
-    rloo = next(c for c in cells if c[0] == "rloo")
+    assert [c[2] for c in cells if c[0] == "rloo"] == ["20", "40"]
+    rloo = next(c for c in cells if c[0] == "rloo" and c[2] == "40")
     assert rloo[4] == "0.65 [n/a, n/a]" and rloo[5] == "50%" and rloo[7] == "6.7 min"
 
 
