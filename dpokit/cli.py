@@ -32,8 +32,11 @@ def _train_command(args, objective: str) -> int:
 
 
 def _online_command(args) -> int:
-    """`dpokit ppo` / `dpokit rloo`: online RL from a reward model (or the ground truth)."""
+    """`dpokit ppo` / `dpokit rloo`: online RL from a reward model (or the ground truth). A
+    reward that raises or is NaN/inf mid-run is one line and exit 1, like a divergence: the run
+    started and failed (exit 2 is for input refused before training; dpokit.rlhf.online)."""
     from dpokit.preflight import check_run
+    from dpokit.rlhf.online import RewardError
 
     if args.command == "ppo":
         from dpokit.rlhf.ppo_config import PPOConfig as config_type
@@ -43,13 +46,14 @@ def _online_command(args) -> int:
     cfg = load_config(config_type, path, args.overrides)
     check_run(cfg)
     if args.command == "ppo":
-        from dpokit.rlhf.ppo_run import run_ppo
-
-        run_ppo(cfg, resume=args.resume, force=args.force)
+        from dpokit.rlhf.ppo_run import run_ppo as run
     else:
-        from dpokit.rlhf.rloo import run_rloo
-
-        run_rloo(cfg)
+        from dpokit.rlhf.rloo import run_rloo as run
+    try:
+        run(cfg, resume=args.resume, force=args.force)
+    except RewardError as e:
+        print(f"dpokit: reward error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -115,9 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("rloo", "RLOO: k samples per prompt, leave-one-out baseline, no value model")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help=f"YAML file, or a packaged recipe: {name}_sentiment")
-        if name == "ppo":
-            p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the latest checkpoint in output_dir, or from PATH")
-            p.add_argument("--force", action="store_true", help="resume despite changed settings, or replace a previous run in output_dir")
+        p.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the latest checkpoint in output_dir, or from PATH")
+        p.add_argument("--force", action="store_true", help="resume despite changed settings, or replace a previous run in output_dir")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. kl_coef=0.1 reward_model=runs/rm/final")
     p = sub.add_parser("score", help="per-pair log-probs and implicit reward margins")
     p.add_argument("--model", required=True)

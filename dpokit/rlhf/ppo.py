@@ -12,14 +12,16 @@ One round (`PPOTrainer.round`):
     6. β           fixed, or the adaptive controller on the rollout's mean KL
 
 Every random choice of a round (the samples, the minibatch order) is seeded by the round
-number, so a resumed run draws what the uninterrupted run drew.
+number, so a resumed run draws what the uninterrupted run drew. Rewards are checked (a reward
+that raises or is NaN/inf is a `RewardError`), and a round whose mean KL passes `max_kl` stops
+the run before its update (dpokit.rlhf.online, which also runs the rounds and times the
+checkpoints; their files: dpokit.rlhf.online_checkpoint).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +29,8 @@ import torch
 
 from dpokit.generate import sample_completions
 from dpokit.rlhf import estimators as est
+from dpokit.rlhf import online
+from dpokit.rlhf import online_checkpoint as occ
 from dpokit.rlhf.ppo_config import PPOConfig
 from dpokit.rlhf.rollout import (
     RolloutBatch, build_rollout_batch, policy_token_entropy, policy_token_logps, sequence_scores, token_values,
@@ -100,11 +104,15 @@ class PPOTrainer:
             return policy_token_logps(self.policy, batch)
 
     @torch.no_grad()
-    def score(self, batch: RolloutBatch, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reward used for training, ground-truth reward), each (B,)."""
-        truth = torch.tensor(self.reward_fn(texts), dtype=torch.float32)
+    def score(self, batch: RolloutBatch, texts: list[str], rnd: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reward used for training, ground-truth reward), each (B,); RewardError naming round
+        `rnd` and the sample when a reward raises or is not finite (dpokit.rlhf.online)."""
+        label = online.sample_labeller(self.tokenizer, batch, texts, rnd)
+        truth = online.checked_scores(lambda rows: self.reward_fn([texts[i] for i in rows]), len(texts), label,
+                                      "the ground-truth reward")
         if self.cfg.reward == "model":
-            return sequence_scores(self.reward_model, batch), truth
+            model_rows = lambda rows: sequence_scores(self.reward_model, batch.select(torch.tensor(rows)))  # noqa: E731
+            return online.checked_scores(model_rows, len(texts), label, "the reward model's score"), truth
         return truth, truth
 
     @torch.no_grad()
@@ -165,106 +173,74 @@ class PPOTrainer:
         return {"policy_loss": float(pl.loss.detach()), "value_loss": float(vl.detach()), "clip_frac": float(pl.clip_frac),
                 "value_clip_frac": float(vclip), "approx_kl": float(pl.approx_kl), "grad_norm": float(norm)}
 
-    def round(self, rnd: int) -> dict:
-        """Rollout, score, prepare, update, adapt β; returns the round's metrics line."""
+    def collect(self, rnd: int) -> dict:
+        """Round `rnd` up to its update: rollout, checked scores, prepare, entropy; stops the run
+        (TrainingDiverged) when the rollout's mean KL passes max_kl. Changes no state."""
         t0 = time.perf_counter()
         batch, texts = self.rollout(rnd)
-        scores, truth = self.score(batch, texts)
+        scores, truth = self.score(batch, texts, rnd)
         prep = self.prepare(batch, scores)
+        online.check_kl(float(prep["seq_kl"].mean()), self.cfg, rnd, self.run_dir)
         entropy = float(policy_token_entropy(self.policy, batch))
+        return {"batch": batch, "scores": scores, "truth": truth, "prep": prep, "entropy": entropy,
+                "rollout_s": time.perf_counter() - t0}
+
+    def learn(self, rnd: int, collected: dict) -> dict:
+        """The update of round `rnd` on what `collect` gathered, then β; the round's metrics line."""
+        batch, prep, scores = collected["batch"], collected["prep"], collected["scores"]
         t1 = time.perf_counter()
         stats = self.update(batch, prep, rnd)
-        t2 = time.perf_counter()
         beta = self.kl_ctl.beta
         mean_kl = float(prep["seq_kl"].mean())
         self.kl_ctl.update(mean_kl, batch.mask.shape[0])
         return {
             "step": rnd + 1, "split": "train", "reward/model" if self.cfg.reward == "model" else "reward/used": float(scores.mean()),
-            "reward/ground_truth": float(truth.mean()), "kl": mean_kl, "kl_k3": float(prep["seq_kl_k3"].mean()),
-            "kl_coef": beta, "entropy": entropy, "length": float(batch.mask.sum(-1).mean()),
+            "reward/ground_truth": float(collected["truth"].mean()), "kl": mean_kl, "kl_k3": float(prep["seq_kl_k3"].mean()),
+            "kl_coef": beta, "entropy": collected["entropy"], "length": float(batch.mask.sum(-1).mean()),
             "explained_variance": float(est.explained_variance(prep["old_values"], prep["returns"], batch.mask)),
-            **stats, "rollout_s": t1 - t0, "train_s": t2 - t1,
+            **stats, "rollout_s": collected["rollout_s"], "train_s": time.perf_counter() - t1,
         }
+
+    def round(self, rnd: int) -> dict:
+        """Rollout, score, prepare, update, adapt β; returns the round's metrics line."""
+        return self.learn(rnd, self.collect(rnd))
+
+    def round_skipped(self, metrics: dict) -> bool:
+        """Whether every minibatch update of a round was skipped (non-finite loss or gradient)."""
+        per_epoch = -(-self.cfg.rollout_size // self.cfg.minibatch_size)
+        return metrics["skipped_minibatches"] == self.cfg.ppo_epochs * per_epoch
 
     # -- the run ------------------------------------------------------------------------------
     def fit(self, resume=None, force: bool = False) -> dict:
-        """All rounds; `resume` ("latest" or a checkpoint dir) continues a run exactly, `force`
-        as for `dpokit dpo` (dpokit.train.rundir)."""
-        from dpokit.config import save_config
-        from dpokit.train import rundir
-        from dpokit.train.metrics import MetricsWriter
+        """All rounds (dpokit.rlhf.online.run_rounds); `resume` ("latest" or a checkpoint dir)
+        continues a run exactly, `force` as for `dpokit dpo` (dpokit.train.rundir)."""
+        return online.run_rounds(self, resume=resume, force=force, summary_name="ppo_summary.json", round_line=_round_line,
+                                 summary_extra=lambda: {"kl_controller": dataclasses.asdict(self.kl_ctl)})
 
-        path = rundir.prepare_run_dir(self.cfg, resume=resume, force=force, log=self.log)
-        start = self.restore(path, force) if path else 0
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.run_dir / "config.yaml")
-        writer = MetricsWriter(self.run_dir, resume_step=start if path else None)
-        last, every = {}, self.cfg.save_every
-        try:
-            for rnd in range(start, self.cfg.steps):
-                last = self.round(rnd)
-                writer.write(last)
-                self.log(_round_line(last))
-                if every and (rnd + 1) % every == 0 and rnd + 1 < self.cfg.steps:
-                    self.save(rnd + 1)
-        finally:
-            writer.close()
-        summary = {"rounds": self.cfg.steps, "last": last, "kl_controller": dataclasses.asdict(self.kl_ctl)}
-        (self.run_dir / "ppo_summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
-
-    def _identity(self) -> dict:
-        """The config keys a resumed round depends on, through JSON (as state.json returns them)."""
-        keys = set(dataclasses.asdict(self.cfg)) - set(PPOConfig.NON_TRAJECTORY_KEYS)
-        return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(self.cfg).items() if k in keys}))
+    def _models(self) -> dict:
+        return {"policy": self.policy, "value": self.value_model}
 
     def save(self, rnd: int) -> Path:
         """checkpoint-<round>/: policy/ and value/ (safetensors), the optimizer (safetensors +
-        JSON), state.json (round, KL controller, config). No RNG state is needed: every draw of
-        a round is seeded by the round number."""
-        from dpokit.models import save_model
-        from dpokit.train import checkpoint as ckpt
-
-        ckpt.assert_finite_parameters(self.policy)
-        ckpt.assert_finite_parameters(self.value_model)
-
-        def write(tmp: Path) -> None:
-            save_model(self.policy, self.tokenizer, tmp / "policy")
-            save_model(self.value_model, self.tokenizer, tmp / "value")
-            ckpt.write_optimizer(self.optimizer, tmp)
-            state = {"format": ckpt.FORMAT, "kind": "ppo", "step": rnd,
-                     "kl_controller": dataclasses.asdict(self.kl_ctl), "config": self._identity()}
-            (tmp / ckpt.STATE_JSON).write_text(json.dumps(state, indent=2))
-
-        out = ckpt.atomic_directory(self.run_dir / f"{ckpt.PREFIX}{rnd:06d}", write)
-        ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
-        return out
+        JSON), state.json (round, KL controller, config, prompts); dpokit.rlhf.online_checkpoint."""
+        return occ.save(self.run_dir, rnd, kind="ppo", models=self._models(), tokenizer=self.tokenizer,
+                        optimizer=self.optimizer, extra={"kl_controller": dataclasses.asdict(self.kl_ctl)},
+                        ident=occ.identity(self.cfg, self.prompts), keep=self.cfg.keep_checkpoints)
 
     def restore(self, path: Path, force: bool = False) -> int:
         """Load checkpoint `path` (checked before anything changes); returns its round."""
-        from dpokit.train import checkpoint as ckpt
+        from dpokit.train.checkpoint import STATE_JSON, CheckpointError
 
-        path = Path(path)
-        ckpt.refuse_pickles(path)
-        state = ckpt.read_json(path / ckpt.STATE_JSON)
-        if state.get("kind") != "ppo" or state.get("format") != ckpt.FORMAT or not isinstance(state.get("step"), int):
-            raise ckpt.CheckpointError(f"{path / ckpt.STATE_JSON}: not a PPO checkpoint of this dpokit (kind, format, step)")
-        changed = [k for k in sorted(set(state.get("config", {})) | set(self._identity()))
-                   if state.get("config", {}).get(k) != self._identity().get(k)]
-        if changed and not force:
-            raise ckpt.CheckpointError(f"{path}: made with other settings ({', '.join(changed)}); --force resumes anyway")
-        weights = {name: ckpt.read_weights(path / name) for name in ("policy", "value")}
-        optimizer_state = ckpt.read_optimizer(path, self.optimizer)
+        ck = occ.read(path, kind="ppo", names=tuple(self._models()), optimizer=self.optimizer,
+                      ident=occ.identity(self.cfg, self.prompts), force=force)
         try:
-            controller = est.kl_controller(state["kl_controller"])
+            controller = est.kl_controller(ck.state["kl_controller"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ckpt.CheckpointError(f"{path / ckpt.STATE_JSON}: bad kl_controller ({e})") from None
-        ckpt.load_trainable_state(self.policy, weights["policy"], path / "policy")
-        ckpt.load_trainable_state(self.value_model, weights["value"], path / "value")
-        self.optimizer.load_state_dict(optimizer_state)
+            raise CheckpointError(f"{ck.path / STATE_JSON}: bad kl_controller ({e})") from None
+        occ.apply(ck, self._models(), self.optimizer)
         self.kl_ctl = controller
-        self.log(f"resumed from {path} at round {state['step']}")
-        return state["step"]
+        self.log(f"resumed from {ck.path} at round {ck.state['step']}")
+        return ck.state["step"]
 
 
 def _round_line(m: dict) -> str:

@@ -17,7 +17,7 @@ class PPOConfig:
     value_model: str | None = None  # value model's start; None = reward_model, else the policy's backbone + a fresh head
     lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA on the policy; the reference is its adapter disabled
     # --- prompts and sampling ----------------------------------------------------------------
-    prompts: str = "sentiment"  # sentiment (the study's train prompts) | a JSONL file of {"prompt": ...}
+    prompts: str = "sentiment"  # sentiment (the study's train prompts) | a file of {"prompt": text or [messages]} (dpokit.rlhf.ppo_run)
     n_prompts: int = ranged(0, ge=0, note="0 = all")
     max_new_tokens: int = ranged(32, ge=1)
     temperature: float = ranged(1.0, gt=0)
@@ -38,6 +38,9 @@ class PPOConfig:
     kl_target: float = ranged(0.0, ge=0, note="> 0: adaptive controller (Ziegler et al. 2019) aiming at this KL per sample")
     kl_horizon: float = ranged(10000.0, gt=0)
     max_grad_norm: float = ranged(1.0, ge=0, note="0 = no clipping")
+    # --- stops (dpokit.rlhf.online): TrainingDiverged, no final model ---------------------------
+    max_kl: float = ranged(50.0, ge=0, note="mean KL to the reference per sample (nats) that stops the run; 0 = no limit")
+    max_consecutive_skips: int = ranged(3, ge=1, note="rounds in a row whose every update had a non-finite loss or gradient")
     seed: int = ranged(0, **SEED_RANGE)
     # --- output ------------------------------------------------------------------------------
     output_dir: str = "runs/ppo"
@@ -45,8 +48,9 @@ class PPOConfig:
     keep_checkpoints: int = ranged(2, ge=0, note="0 = keep all")
     progress: bool = True
 
-    # Keys that change nothing a round computes: a resume may differ in them.
-    NON_TRAJECTORY_KEYS = ("output_dir", "save_every", "keep_checkpoints", "progress", "steps")
+    # Keys that change nothing a round computes: a resume may differ in them (the stops only
+    # end a run; they change none of its numbers).
+    NON_TRAJECTORY_KEYS = ("output_dir", "save_every", "keep_checkpoints", "progress", "steps", "max_kl", "max_consecutive_skips")
 
     def validate(self, given: set[str] | None = None) -> None:
         check_ranges(self)

@@ -17,13 +17,15 @@ sequence-level surrogate max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = π(y)
 RLOOTrainer does. At ρ = 1 its gradient is REINFORCE's, so epoch 1 takes the same step.
 
 The prompts of a round and its samples are seeded by the round number (as in PPO), so a
-rerun with the same seed draws the same rollouts.
+rerun with the same seed draws the same rollouts, and a run resumed from a checkpoint (policy,
+optimizer, state.json: dpokit.rlhf.online_checkpoint) continues exactly as the uninterrupted
+run. Reward checks, the max_kl and skipped-round stops, and the checkpoint timing are PPO's
+(dpokit.rlhf.online).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -31,6 +33,8 @@ import torch
 
 from dpokit.generate import sample_completions
 from dpokit.rlhf import estimators as est
+from dpokit.rlhf import online
+from dpokit.rlhf import online_checkpoint as occ
 from dpokit.rlhf.ppo import ROUND_SEED_STRIDE, round_prompts
 from dpokit.rlhf.rloo_config import RLOOConfig
 from dpokit.rlhf.rollout import RolloutBatch, build_rollout_batch, policy_token_entropy, policy_token_logps, sequence_scores
@@ -112,11 +116,18 @@ class RLOOTrainer:
             return self._token_logps(self.policy, batch)
 
     @torch.no_grad()
-    def score(self, batch: RolloutBatch, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reward used for training, ground-truth reward), each (B,)."""
-        truth = torch.tensor(self.reward_fn(texts), dtype=torch.float32, device=self.device)
+    def score(self, batch: RolloutBatch, texts: list[str], rnd: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reward used for training, ground-truth reward), each (B,); RewardError naming round
+        `rnd` and the sample when a reward raises or is not finite (dpokit.rlhf.online)."""
+        label = online.sample_labeller(self.tokenizer, batch, texts, rnd)
+        truth = online.checked_scores(lambda rows: self.reward_fn([texts[i] for i in rows]), len(texts), label,
+                                      "the ground-truth reward").to(self.device)
         if self.cfg.reward == "model":
-            return torch.cat([sequence_scores(self.reward_model, sub) for _, sub in self._chunks(batch)]).float(), truth
+            def model_rows(rows: list[int]) -> torch.Tensor:
+                sub = batch.select(torch.tensor(rows, device=self.device))
+                return torch.cat([sequence_scores(self.reward_model, part) for _, part in self._chunks(sub)])
+
+            return online.checked_scores(model_rows, len(texts), label, "the reward model's score").to(self.device), truth
         return truth, truth
 
     @torch.no_grad()
@@ -186,39 +197,57 @@ class RLOOTrainer:
         total = sum(float(policy_token_entropy(self.policy, sub)) * float(sub.mask.sum()) for _, sub in self._chunks(batch))
         return total / float(batch.mask.sum())
 
-    def round(self, rnd: int) -> dict:
-        """Rollout, score, advantages, update; returns the round's metrics line."""
+    def collect(self, rnd: int) -> dict:
+        """Round `rnd` up to its update: rollout, checked scores, advantages, entropy; stops the
+        run (TrainingDiverged) when the rollout's mean KL passes max_kl. Changes no state."""
         t0 = time.perf_counter()
         batch, texts = self.rollout(rnd)
-        scores, truth = self.score(batch, texts)
+        scores, truth = self.score(batch, texts, rnd)
         prep = self.prepare(batch, scores)
-        entropy = self._entropy(batch)
+        online.check_kl(float(prep["seq_kl"].mean()), self.cfg, rnd, self.run_dir)
+        return {"batch": batch, "scores": scores, "truth": truth, "prep": prep, "entropy": self._entropy(batch),
+                "rollout_s": time.perf_counter() - t0}
+
+    def learn(self, rnd: int, collected: dict) -> dict:
+        """The update of round `rnd` on what `collect` gathered; the round's metrics line."""
+        batch, prep, scores = collected["batch"], collected["prep"], collected["scores"]
         t1 = time.perf_counter()
         stats = self.update(batch, prep)
-        t2 = time.perf_counter()
         return {
             "step": rnd + 1, "split": "train", "reward/model" if self.cfg.reward == "model" else "reward/used": float(scores.mean()),
-            "reward/ground_truth": float(truth.mean()), "kl": float(prep["seq_kl"].mean()), "kl_k3": float(prep["seq_kl_k3"].mean()),
-            "kl_coef": self.cfg.kl_coef, "entropy": entropy, "length": float(batch.mask.sum(-1).mean()),
-            **stats, "rollout_s": t1 - t0, "train_s": t2 - t1,
+            "reward/ground_truth": float(collected["truth"].mean()), "kl": float(prep["seq_kl"].mean()),
+            "kl_k3": float(prep["seq_kl_k3"].mean()), "kl_coef": self.cfg.kl_coef, "entropy": collected["entropy"],
+            "length": float(batch.mask.sum(-1).mean()), **stats, "rollout_s": collected["rollout_s"],
+            "train_s": time.perf_counter() - t1,
         }
 
-    def fit(self) -> dict:
-        from dpokit.train.metrics import MetricsWriter
+    def round(self, rnd: int) -> dict:
+        """Rollout, score, advantages, update; returns the round's metrics line."""
+        return self.learn(rnd, self.collect(rnd))
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        writer = MetricsWriter(self.run_dir)
-        last = {}
-        try:
-            for rnd in range(self.cfg.steps):
-                last = self.round(rnd)
-                writer.write(last)
-                self.log(_round_line(last))
-        finally:
-            writer.close()
-        summary = {"rounds": self.cfg.steps, "last": last}
-        (self.run_dir / "rloo_summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
+    def round_skipped(self, metrics: dict) -> bool:
+        """Whether every optimizer step of a round was skipped (non-finite loss or gradient)."""
+        return metrics["skipped_steps"] == self.cfg.ppo_epochs
+
+    def fit(self, resume=None, force: bool = False) -> dict:
+        """All rounds (dpokit.rlhf.online.run_rounds); `resume` ("latest" or a checkpoint dir)
+        continues a run exactly, `force` as for `dpokit dpo` (dpokit.train.rundir)."""
+        return online.run_rounds(self, resume=resume, force=force, summary_name="rloo_summary.json", round_line=_round_line)
+
+    def save(self, rnd: int) -> Path:
+        """checkpoint-<round>/: policy/ (safetensors), the optimizer (safetensors + JSON),
+        state.json (round, config, prompts); dpokit.rlhf.online_checkpoint."""
+        return occ.save(self.run_dir, rnd, kind="rloo", models={"policy": self.policy}, tokenizer=self.tokenizer,
+                        optimizer=self.optimizer, extra={}, ident=occ.identity(self.cfg, self.prompts),
+                        keep=self.cfg.keep_checkpoints)
+
+    def restore(self, path: Path, force: bool = False) -> int:
+        """Load checkpoint `path` (checked before anything changes); returns its round."""
+        ck = occ.read(path, kind="rloo", names=("policy",), optimizer=self.optimizer,
+                      ident=occ.identity(self.cfg, self.prompts), force=force)
+        occ.apply(ck, {"policy": self.policy}, self.optimizer)
+        self.log(f"resumed from {ck.path} at round {ck.state['step']}")
+        return ck.state["step"]
 
 
 def _grad_norm(params) -> torch.Tensor:
@@ -234,30 +263,18 @@ def _round_line(m: dict) -> str:
             f"grad norm {m.get('grad_norm', float('nan')):.2f}, {m['rollout_s']:.1f}+{m['train_s']:.1f} s")
 
 
-def run_rloo(cfg: RLOOConfig, log=print) -> dict:
-    """`dpokit rloo`'s library path: prompts (as PPO loads them), policy and reward, the rounds,
-    then the policy saved under `output_dir/final`."""
-    from dpokit.config import ConfigError, save_config
-    from dpokit.eval.rewards import get_reward
-    from dpokit.models import load_model, save_model
-    from dpokit.rlhf.ppo_run import load_prompts
-    from dpokit.rlhf.reward_model import load_reward_model
+def run_rloo(cfg: RLOOConfig, log=print, *, resume=None, force: bool = False) -> dict:
+    """`dpokit rloo`'s library path: prompts, policy and reward (as PPO loads them), the rounds,
+    then the policy saved under `output_dir/final` (not after a stop: dpokit.rlhf.online)."""
+    from dpokit.models import save_model
+    from dpokit.rlhf.ppo_run import load_online_run
 
     cfg.validate()
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    prompts = load_prompts(cfg)  # reads only cfg.prompts and cfg.n_prompts
-    policy, tokenizer = load_model(cfg.model, lora=cfg.lora)
-    reward_model = None
-    if cfg.reward == "model":
-        reward_model, rm_tokenizer = load_reward_model(cfg.reward_model)
-        if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ConfigError(f"reward_model {cfg.reward_model} has another vocabulary than {cfg.model}: its scores would read other tokens")
+    prompts, policy, tokenizer, reward_model, reward_fn = load_online_run(cfg, log)
     log(f"RLOO: {len(prompts)} prompts, {cfg.steps} rounds of {cfg.rollout_prompts} prompts × {cfg.k} samples, reward={cfg.reward}")
-    trainer = RLOOTrainer(cfg, policy=policy, tokenizer=tokenizer, prompts=prompts, reward_fn=get_reward("sentiment"),
+    trainer = RLOOTrainer(cfg, policy=policy, tokenizer=tokenizer, prompts=prompts, reward_fn=reward_fn,
                           reward_model=reward_model, log=log)
-    summary = trainer.fit()
-    save_model(trainer.policy, tokenizer, run_dir / "final")
-    log(f"saved {run_dir / 'final'} (policy)")
+    summary = trainer.fit(resume=resume, force=force)
+    save_model(trainer.policy, tokenizer, Path(cfg.output_dir) / "final")
+    log(f"saved {Path(cfg.output_dir) / 'final'} (policy)")
     return summary

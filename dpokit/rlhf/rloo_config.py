@@ -16,7 +16,7 @@ class RLOOConfig:
     reward_model: str | None = None  # a Bradley–Terry reward model dir (`dpokit rm`); needed for reward=model
     lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA on the policy; the reference is its adapter disabled
     # --- prompts and sampling ----------------------------------------------------------------
-    prompts: str = "sentiment"  # sentiment (the study's train prompts) | a JSONL file of {"prompt": ...}
+    prompts: str = "sentiment"  # sentiment (the study's train prompts) | a file of {"prompt": text or [messages]} (dpokit.rlhf.ppo_run)
     n_prompts: int = ranged(0, ge=0, note="0 = all")
     max_new_tokens: int = ranged(32, ge=1)
     temperature: float = ranged(1.0, gt=0)
@@ -30,10 +30,19 @@ class RLOOConfig:
     lr: float = ranged(1e-5, gt=0)
     kl_coef: float = ranged(0.05, ge=0)  # β of the sequence-level penalty r = score − β·Σ_t log π/π_ref
     max_grad_norm: float = ranged(1.0, ge=0, note="0 = no clipping")
+    # --- stops (dpokit.rlhf.online): TrainingDiverged, no final model ---------------------------
+    max_kl: float = ranged(50.0, ge=0, note="mean KL to the reference per sample (nats) that stops the run; 0 = no limit")
+    max_consecutive_skips: int = ranged(3, ge=1, note="rounds in a row whose every update had a non-finite loss or gradient")
     seed: int = ranged(0, **SEED_RANGE)
     # --- output ------------------------------------------------------------------------------
     output_dir: str = "runs/rloo"
+    save_every: int = ranged(0, ge=0, note="rounds between checkpoints; 0 = only the final model")
+    keep_checkpoints: int = ranged(2, ge=0, note="0 = keep all")
     progress: bool = True
+
+    # Keys that change nothing a round computes: a resume may differ in them (the stops only
+    # end a run; they change none of its numbers).
+    NON_TRAJECTORY_KEYS = ("output_dir", "save_every", "keep_checkpoints", "progress", "steps", "max_kl", "max_consecutive_skips")
 
     @property
     def samples_per_round(self) -> int:
