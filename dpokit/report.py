@@ -217,7 +217,7 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
 
 def _md_cell(text) -> str:
     # Markdown renders inline HTML, so escape it; pipes and newlines would break the table.
-    return html.escape(str(text)).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
 
 
 def _write_markdown(path: Path, title: str, sentences, table, plots, examples) -> None:

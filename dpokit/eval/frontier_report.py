@@ -146,6 +146,8 @@ def plot_frontier(points: list[dict], out_png, title: str = "reward–KL frontie
     ax.set_xscale("symlog", linthresh=1.0)
     ax.xaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1.0, subs=[1, 2, 5]))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0 1 2 5 10 20, not 10^0
+    kls = [_f(p["kl"]) for p in points if math.isfinite(_f(p["kl"]))]
+    ax.set_xlim(-0.1, max([2.0] + [1.3 * k for k in kls]))  # at least 0..2 nats, so the ticks read 0 1 2
     ax.set_xlabel("KL(π‖π_ref), nats")
     ax.set_ylabel("ground-truth reward")
     ax.set_title(title)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dpokit.config import ConfigError, config_source, load_config, recipe
 
-TASKS = ("sentiment",)
+TASKS = ("sentiment", "frontier")
 
 
 def _default_config(task: str, quick: bool):
@@ -38,6 +38,8 @@ def run_task(task: str, config: str | None, overrides: list[str], *, quick: bool
     from dpokit.tasks.sentiment_config import SentimentConfig
 
     path = config_source(config) if config else _default_config(task, quick)
+    if task == "frontier":  # its method lists (dpo.betas=0.05,0.1) are values, not a sweep
+        return _run_frontier(path, overrides, log)
     plain, sweep_key, values = split_sweep(overrides)
     base = load_config(SentimentConfig, path, plain)
     runs = [(None, base)]
@@ -61,6 +63,18 @@ def run_task(task: str, config: str | None, overrides: list[str], *, quick: bool
                        "reward_mean": summary["policy"]["reward_mean"], "reward_ci95": summary["policy"]["reward_ci95"],
                        "win_rate": summary["win_rate"], "run_dir": cfg.output_dir})
     write_sweep(Path(base.output_dir), points, log)
+    return 0
+
+
+def _run_frontier(path, overrides: list[str], log) -> int:
+    from dpokit.preflight import check_run
+    from dpokit.tasks.frontier_config import FrontierConfig
+
+    cfg = load_config(FrontierConfig, path, overrides)
+    check_run(cfg)
+    from dpokit.tasks.frontier import run_frontier
+
+    run_frontier(cfg, log=log)
     return 0
 
 

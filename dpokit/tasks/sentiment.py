@@ -82,6 +82,19 @@ def run_sft(cfg: SentimentConfig, run_dir: Path, stage) -> str:
     return str(result.final_dir)
 
 
+def reference_heldout(cfg, ref_model, tokenizer, model_fp, heldout, reward_fn, run_dir, cache_dir, stage):
+    """The reference's held-out samples (cached) and the held-out pairs built from them
+    (written to run_dir/heldout_pairs.jsonl): the yardstick every policy is compared with."""
+    stage(f"sampling the reference on {len(heldout)} held-out prompts")
+    eval_settings = {"n": cfg.eval.samples_per_prompt, "max_new_tokens": cfg.pairs.max_new_tokens,
+                     "temperature": cfg.pairs.temperature, "seed": cfg.eval.seed}
+    ref_key = sp.samples_key(model_fp, heldout, eval_settings)
+    ref_samples = sp.cached_samples(cache_dir, "heldout", ref_key, lambda: _eval_sampler(cfg, reward_fn, heldout)(ref_model, tokenizer, "reference samples"), stage)
+    heldout_pairs, _ = sp.build_pairs(ref_samples, per_prompt=1, min_gap=cfg.pairs.min_gap)
+    sp.write_jsonl(heldout_pairs, run_dir / "heldout_pairs.jsonl")
+    return ref_samples, heldout_pairs
+
+
 def evaluate_policy(cfg, policy, ref_model, tokenizer, ref_samples, reward_fn, heldout, stage):
     stage(f"sampling the policy on {len(heldout)} held-out prompts")
     pol_samples = _eval_sampler(cfg, reward_fn, heldout)(policy, tokenizer, "policy samples")
@@ -148,13 +161,8 @@ def run_sentiment(cfg: SentimentConfig, log=print) -> dict:
         ref_name = run_sft(cfg, run_dir, stage)
         ref_model, tokenizer = load_model(ref_name, dtype=cfg.dtype)
 
-    stage(f"sampling the reference on {len(heldout)} held-out prompts")
-    eval_settings = {"n": cfg.eval.samples_per_prompt, "max_new_tokens": cfg.pairs.max_new_tokens,
-                     "temperature": cfg.pairs.temperature, "seed": cfg.eval.seed}
-    ref_key = sp.samples_key(model_fingerprint(ref_model), heldout, eval_settings)
-    ref_samples = sp.cached_samples(cache_dir, "heldout", ref_key, lambda: _eval_sampler(cfg, reward_fn, heldout)(ref_model, tokenizer, "reference samples"), stage)
-    heldout_pairs, _ = sp.build_pairs(ref_samples, per_prompt=1, min_gap=cfg.pairs.min_gap)
-    sp.write_jsonl(heldout_pairs, run_dir / "heldout_pairs.jsonl")
+    ref_samples, heldout_pairs = reference_heldout(
+        cfg, ref_model, tokenizer, model_fingerprint(ref_model), heldout, reward_fn, run_dir, cache_dir, stage)
 
     stage(f"{cfg.loss} training, β={cfg.beta}")
     dpo_cfg = train_config_of(

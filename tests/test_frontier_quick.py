@@ -1,0 +1,52 @@
+"""`dpokit run frontier --quick` end to end on the bundled model: every method gives its points,
+evaluated the same way, with the relations that must hold whatever the numbers (their values are
+measured in the README, not here)."""
+
+import csv
+import json
+import math
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_frontier(real_model_dir, tmp_path):
+    from dpokit.cli import main
+
+    out = tmp_path / "frontier"
+    assert main(["run", "frontier", "--quick", f"output_dir={out}", "progress=false"]) == 0
+    report = json.loads((out / "frontier.json").read_text())
+    points = report["points"]
+    by = {}
+    for p in points:
+        by.setdefault(p["method"], []).append(p)
+    # The recipe: 2 β × 2 evaluation steps, 1 PPO + PPO-GT, 1 RLOO, Best-of-N at N = 1, 2, 4.
+    assert sorted((p["setting"], p["step"]) for p in by["dpo"]) == [("β=0.1", 2), ("β=0.1", 3), ("β=0.5", 2), ("β=0.5", 3)]
+    assert [len(by[m]) for m in ("reference", "preferred-ft", "ppo", "ppo-gt", "rloo")] == [1, 1, 1, 1, 1]
+    for p in points:
+        assert math.isfinite(p["kl"]) and math.isfinite(p["reward_mean"]) and -1 <= p["reward_mean"] <= 1
+        assert p["n"] == 6  # the same held-out prompts for every method
+        if p["win_rate"] is not None:
+            assert 0 <= p["win_rate"] <= 1
+    assert by["reference"][0]["kl"] == 0.0
+    rm_sel = {p["setting"]: p for p in by["best-of-n (reward model)"]}
+    oracle = {p["setting"]: p for p in by["best-of-n (oracle)"]}
+    assert sorted(rm_sel) == sorted(oracle) == ["N=1", "N=2", "N=4"]
+    for setting, p in oracle.items():
+        n = int(setting[2:])
+        assert p["kl"] == pytest.approx(math.log(n) - (n - 1) / n)
+        # Selecting by the ground truth itself can only do better than selecting by the reward model.
+        assert p["reward_mean"] >= rm_sel[setting]["reward_mean"] - 1e-12
+    assert oracle["N=1"]["reward_mean"] == pytest.approx(rm_sel["N=1"]["reward_mean"])
+    # The reward model's own report, and the implicit reward's rank correlation at every DPO point.
+    extra = report["extra"]
+    assert 0 <= extra["reward_model"]["heldout_pair_accuracy"] <= 1
+    assert len(extra["dpo_implicit_reward_spearman"]) == len(by["dpo"])
+    # PPO logs the learned and the ground-truth reward side by side, every round.
+    rows = [json.loads(l) for l in (out / "ppo-kl0.05" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("reward/model" in r and "reward/ground_truth" in r for r in rows)
+    with open(out / "frontier.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(points)
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| method | setting |" in (out / "frontier.md").read_text()
