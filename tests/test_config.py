@@ -186,7 +186,7 @@ def test_recipes_are_package_data():
     from dpokit.tasks.registry import _default_config
 
     names = sorted(p.name for p in resources.files("dpokit.configs").iterdir() if p.name.endswith(".yaml"))
-    expected = ["dpo", "ppo_sentiment", "rloo_sentiment", "rm", "sentiment", "sentiment_quick", "sft"]
+    expected = ["dpo", "frontier", "frontier_quick", "ppo_sentiment", "rloo_sentiment", "rm", "sentiment", "sentiment_quick", "sft"]
     assert names == [f"{n}.yaml" for n in expected] and recipes() == expected
     assert _default_config("sentiment", quick=True).name == "sentiment_quick.yaml"
     assert load_config(SentimentConfig, _default_config("sentiment", quick=False)).prompts.n_train == 240
@@ -194,9 +194,11 @@ def test_recipes_are_package_data():
     from dpokit.config import config_source
     from dpokit.rlhf.ppo_config import PPOConfig
     from dpokit.rlhf.rloo_config import RLOOConfig
+    from dpokit.tasks.frontier_config import FrontierConfig
 
     for name, cls in (("dpo", TrainConfig), ("rm", TrainConfig), ("sft", TrainConfig),
-                      ("ppo_sentiment", PPOConfig), ("rloo_sentiment", RLOOConfig)):
+                      ("ppo_sentiment", PPOConfig), ("rloo_sentiment", RLOOConfig),
+                      ("frontier", FrontierConfig), ("frontier_quick", FrontierConfig)):
         load_config(cls, config_source(name))  # every recipe loads and validates
 
 

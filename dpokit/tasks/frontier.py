@@ -177,6 +177,10 @@ def online_points(trainer, method: str, setting: str, steps: int, n_points: int,
         if rnd + 1 in at:
             points.append(evaluator(trainer.policy, method, setting, rnd + 1, spent))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if rows and "reward/model" in rows[0]:  # where the learned reward and the ground truth part
+        from dpokit.eval.frontier_report import plot_reward_model_overoptimisation
+
+        plot_reward_model_overoptimisation(rows, run_dir / "reward_vs_ground_truth.png")
     return points
 
 
