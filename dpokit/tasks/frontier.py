@@ -18,7 +18,6 @@ import math
 import time
 from pathlib import Path
 
-from dpokit.config import save_config
 from dpokit.eval.calibration import margin_calibration, spearman
 from dpokit.tasks import sentiment as st
 from dpokit.tasks.frontier_config import FrontierConfig
@@ -249,19 +248,9 @@ def best_of_n_points(cfg: FrontierConfig, ref_model, tokenizer, heldout, reward_
 def run_frontier(cfg: FrontierConfig, log=print) -> dict:
     """Run every method and write frontier.json / .csv / .png and the report; returns the summary."""
     from dpokit.eval.frontier_report import write_frontier
-    from dpokit.eval.rewards import get_reward
-    from dpokit.models import default_cache_dir, load_model, model_fingerprint
-    from dpokit.tasks import sentiment_pairs as sp
-    from dpokit.tasks.sentiment_prompts import build_prompts, split_prompts
+    from dpokit.models import load_model, model_fingerprint
 
-    stage = st.Stages(log)
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "frontier_config.yaml")
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    reward_fn = get_reward(cfg.reward)
-    train_prompts, heldout = split_prompts(build_prompts(), cfg.prompts.n_heldout, cfg.prompts.seed)
-    train_prompts = train_prompts[: cfg.prompts.n_train]
+    stage, run_dir, cache_dir, reward_fn, train_prompts, heldout = st.study_setup(cfg, "frontier_config.yaml", log)
 
     stage(f"loading {cfg.model}")
     ref_model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)

@@ -17,6 +17,7 @@ from pathlib import Path
 from dpokit.config import TrainConfig, save_config
 from dpokit.eval import policy_eval as pe
 from dpokit.eval.rewards import get_reward
+from dpokit.models import default_cache_dir
 from dpokit.tasks import sentiment_pairs as sp
 from dpokit.tasks.sentiment_config import SentimentConfig
 from dpokit.tasks.sentiment_prompts import build_prompts, split_prompts
@@ -139,20 +140,24 @@ def heldout_calibration(cfg, dpo_cfg, policy, ref_model, tokenizer, records: lis
     return margin_calibration(margins, gaps)
 
 
-def run_sentiment(cfg: SentimentConfig, log=print) -> dict:
-    """Run the whole study; returns summary.json's content."""
-    from dpokit.models import default_cache_dir, load_model, model_fingerprint
-    from dpokit.train.loop import train
-
+def study_setup(cfg: SentimentConfig, config_name: str, log=print):
+    """(stage printer, run dir, cache dir, ground-truth reward, train prompts, held-out prompts):
+    what every study on the sentiment prompts starts from; writes the resolved config."""
     stage = Stages(log)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "sentiment_config.yaml")
+    save_config(cfg, run_dir / config_name)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    reward_fn = get_reward(cfg.reward)
     train_prompts, heldout = split_prompts(build_prompts(), cfg.prompts.n_heldout, cfg.prompts.seed)
-    train_prompts = train_prompts[: cfg.prompts.n_train]
+    return stage, run_dir, cache_dir, get_reward(cfg.reward), train_prompts[: cfg.prompts.n_train], heldout
 
+
+def run_sentiment(cfg: SentimentConfig, log=print) -> dict:
+    """Run the whole study; returns summary.json's content."""
+    from dpokit.models import load_model, model_fingerprint
+    from dpokit.train.loop import train
+
+    stage, run_dir, cache_dir, reward_fn, train_prompts, heldout = study_setup(cfg, "sentiment_config.yaml", log)
     stage(f"loading {cfg.model}")
     ref_model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     pair_counts = make_pairs(cfg, ref_model, tokenizer, model_fingerprint(ref_model), train_prompts, reward_fn, run_dir, cache_dir, stage)
