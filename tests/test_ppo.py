@@ -195,3 +195,27 @@ def test_ppo_resume_refuses_tampered_or_foreign_checkpoints(tmp_path):
     (ck / "state.json").write_text(json.dumps({**state, "kind": "dpo"}))
     with pytest.raises(CheckpointError, match="not a PPO checkpoint"):
         make_trainer(tmp_path, steps=2, save_every=1).restore(ck)
+
+
+def test_a_reward_that_fails_on_one_completion_names_it(tmp_path):
+    """The whole round's call raises; scoring each completion alone finds the one it fails on,
+    and the error names round, sample, prompt and completion. A reward returning too few
+    values is refused too, never padded."""
+    from dpokit.rlhf.online import RewardError
+
+    trainer = make_trainer(tmp_path)
+    batch, texts = trainer.rollout(1)
+    target = texts[5]
+
+    def picky(ts):
+        if target in ts:
+            raise KeyError("no score for this one")
+        return lowercase_share(ts)
+
+    trainer.reward_fn = picky
+    i = texts.index(target)
+    with pytest.raises(RewardError, match=rf"^round 2, sample {i + 1} of 16 \(prompt '{trainer.round_prompts(1)[i]}', completion .*: the ground-truth reward raised KeyError"):
+        trainer.score(batch, texts, 1)
+    trainer.reward_fn = lambda ts: lowercase_share(ts)[:-1]
+    with pytest.raises(RewardError, match=r"^round 2 \(16 samples\): the ground-truth reward is not 16 numbers \(ValueError: returned shape \(15,\) for 16"):
+        trainer.score(batch, texts, 1)

@@ -67,12 +67,11 @@ def _floats(values, n: int) -> torch.Tensor:
     return out
 
 
-def _first_failing(score_rows, n: int) -> int | None:
-    """The first sample that fails when scored alone (None: each alone is fine)."""
+def _first_raising(score_rows, n: int) -> int | None:
+    """The first sample whose scoring alone raises (None: each alone is fine)."""
     for i in range(n):
         try:
-            if not math.isfinite(float(_floats(score_rows([i]), 1)[0])):
-                return i
+            score_rows([i])
         except Exception:  # noqa: BLE001 - whatever the reward raised is what we are looking for
             return i
     return None
@@ -80,12 +79,17 @@ def _first_failing(score_rows, n: int) -> int | None:
 
 def checked_scores(score_rows, n: int, label, what: str) -> torch.Tensor:
     """(n,) float32 scores from `score_rows(list of row indices)`; RewardError (module docstring)
-    when the call raises, returns other than n numbers, or any score is NaN/inf."""
+    when the call raises (naming the first sample that raises alone), returns other than n
+    numbers, or any score is NaN/inf."""
     try:
-        values = _floats(score_rows(list(range(n))), n)
-    except Exception as e:  # noqa: BLE001 - any failure of user code becomes one named error
-        culprit = _first_failing(score_rows, n)
-        raise RewardError(f"{label(culprit)}: {what} failed ({type(e).__name__}: {one_line(str(e))})") from e
+        raw = score_rows(list(range(n)))
+    except Exception as e:  # noqa: BLE001 - any failure of the reward's code becomes one named error
+        culprit = _first_raising(score_rows, n)
+        raise RewardError(f"{label(culprit)}: {what} raised {type(e).__name__}: {one_line(str(e))}") from e
+    try:
+        values = _floats(raw, n)
+    except Exception as e:  # noqa: BLE001 - torch's TypeError/ValueError/RuntimeError for what is not numbers
+        raise RewardError(f"{label(None)}: {what} is not {n} numbers ({type(e).__name__}: {one_line(str(e))})") from e
     bad = [i for i, v in enumerate(values.tolist()) if not math.isfinite(v)]
     if bad:
         raise RewardError(f"{label(bad[0])}: {what} is {values[bad[0]].item()} ({len(bad)} of {n} samples not finite)")

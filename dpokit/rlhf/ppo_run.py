@@ -112,11 +112,18 @@ def load_online_run(cfg, log=print) -> tuple:
 
 def build_value_model(cfg: PPOConfig):
     """The value model: a copy of the reward model (InstructGPT's choice) unless `value_model`
-    names another; with neither, the policy's backbone with a fresh scalar head."""
+    names another; with neither, the policy's backbone with a fresh scalar head, drawn from
+    `cfg.seed` (not from whatever the global RNG holds), so two runs of one config agree."""
+    import torch
+
     from dpokit.rlhf.reward_model import build_reward_model, load_reward_model
 
     start = cfg.value_model or cfg.reward_model
-    return load_reward_model(start)[0] if start else build_reward_model(cfg.model)[0]
+    if start:
+        return load_reward_model(start)[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_reward_model(cfg.model)[0]
 
 
 def run_ppo(cfg: PPOConfig, log=print, *, resume=None, force: bool = False) -> dict:
