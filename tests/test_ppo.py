@@ -219,3 +219,23 @@ def test_a_reward_that_fails_on_one_completion_names_it(tmp_path):
     trainer.reward_fn = lambda ts: lowercase_share(ts)[:-1]
     with pytest.raises(RewardError, match=r"^round 2 \(16 samples\): the ground-truth reward is not 16 numbers \(ValueError: returned shape \(15,\) for 16"):
         trainer.score(batch, texts, 1)
+
+
+def test_a_fresh_value_head_is_drawn_from_the_seed(tiny_dirs):
+    """No reward or value model given: the value head is new, drawn from `seed` alone, so two
+    runs of one config start alike whatever the global RNG holds, and the global RNG is left
+    as it was."""
+    from dpokit.rlhf.ppo_run import build_value_model
+
+    cfg = PPOConfig(model=str(tiny_dirs / "lm"), reward="sentiment", seed=3)
+    heads = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        heads.append(build_value_model(cfg).score.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    build_value_model(cfg)
+    assert torch.equal(torch.rand(3), expected)
+    assert not torch.equal(build_value_model(PPOConfig(model=str(tiny_dirs / "lm"), reward="sentiment", seed=4)).score.weight, heads[0])

@@ -55,7 +55,7 @@ def test_rm_command_learns_the_preference_and_saves_a_loadable_reward_model(tmp_
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final").eval()
     assert model.num_labels == 1 and model.config.pad_token_id is not None
     tok = tiny_tokenizer()
-    ids = lambda text: torch.tensor([tok("q: " + text)["input_ids"] + [258]])  # noqa: E731
+    ids = lambda text: torch.tensor([tok("q: " + text)["input_ids"] + [258]])
     with torch.no_grad():
         assert model(ids(" lmnop")).logits.item() > model(ids(" LMNOP")).logits.item()
 
@@ -336,7 +336,7 @@ def test_rloo_resumed_equals_the_uninterrupted_run(tmp_path, learnable_reward, t
     for rounds 3-4 and a bit-identical final policy (the optimizer state travels; every draw of
     a round is seeded by its number)."""
     full, part = tmp_path / "full", tmp_path / "part"
-    args = lambda out: online_args("rloo", tiny_lm, prompt_file, out, "steps=4", "save_every=2")  # noqa: E731
+    args = lambda out: online_args("rloo", tiny_lm, prompt_file, out, "steps=4", "save_every=2")
     assert main(args(full)) == 0
     assert checkpoints(full) == ["checkpoint-000002"]
     part.mkdir()

@@ -72,7 +72,7 @@ def _first_raising(score_rows, n: int) -> int | None:
     for i in range(n):
         try:
             score_rows([i])
-        except Exception:  # noqa: BLE001 - whatever the reward raised is what we are looking for
+        except Exception:  # whatever the reward raised is what we are looking for
             return i
     return None
 
@@ -83,12 +83,12 @@ def checked_scores(score_rows, n: int, label, what: str) -> torch.Tensor:
     numbers, or any score is NaN/inf."""
     try:
         raw = score_rows(list(range(n)))
-    except Exception as e:  # noqa: BLE001 - any failure of the reward's code becomes one named error
+    except Exception as e:  # any failure of the reward's own code becomes one named error
         culprit = _first_raising(score_rows, n)
         raise RewardError(f"{label(culprit)}: {what} raised {type(e).__name__}: {one_line(str(e))}") from e
     try:
         values = _floats(raw, n)
-    except Exception as e:  # noqa: BLE001 - torch's TypeError/ValueError/RuntimeError for what is not numbers
+    except Exception as e:  # torch's TypeError / ValueError / RuntimeError for what is not numbers
         raise RewardError(f"{label(None)}: {what} is not {n} numbers ({type(e).__name__}: {one_line(str(e))})") from e
     bad = [i for i, v in enumerate(values.tolist()) if not math.isfinite(v)]
     if bad:

@@ -111,7 +111,7 @@ class PPOTrainer:
         truth = online.checked_scores(lambda rows: self.reward_fn([texts[i] for i in rows]), len(texts), label,
                                       "the ground-truth reward")
         if self.cfg.reward == "model":
-            model_rows = lambda rows: sequence_scores(self.reward_model, batch.select(torch.tensor(rows)))  # noqa: E731
+            model_rows = lambda rows: sequence_scores(self.reward_model, batch.select(torch.tensor(rows)))
             return online.checked_scores(model_rows, len(texts), label, "the reward model's score"), truth
         return truth, truth
 
