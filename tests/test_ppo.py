@@ -239,3 +239,19 @@ def test_a_fresh_value_head_is_drawn_from_the_seed(tiny_dirs):
     build_value_model(cfg)
     assert torch.equal(torch.rand(3), expected)
     assert not torch.equal(build_value_model(PPOConfig(model=str(tiny_dirs / "lm"), reward="sentiment", seed=4)).score.weight, heads[0])
+
+
+def test_a_forced_resume_trains_with_the_new_lr_and_kl_settings(tmp_path):
+    """After a stop the advice is "lower lr or raise kl_coef, then --resume --force": the
+    optimizer's moments and the round come from the checkpoint, but lr (both groups) and the KL
+    controller from the new config. Unchanged settings keep the checkpoint's controller."""
+    make_trainer(tmp_path, steps=2, save_every=1, kl_target=0.5, kl_horizon=50).fit()
+    ck = tmp_path / "ppo" / "checkpoint-000001"
+    same = make_trainer(tmp_path, steps=2, save_every=1, kl_target=0.5, kl_horizon=50)
+    same.restore(ck)
+    assert same.kl_ctl.beta != 0.01  # the adaptive controller moved β in round 1
+    other = make_trainer(tmp_path, steps=2, save_every=1, lr=1e-3, kl_coef=0.2)
+    assert other.restore(ck, force=True) == 1
+    assert [g["lr"] for g in other.optimizer.param_groups] == [1e-3, 1e-3]
+    assert other.kl_ctl.beta == 0.2 and type(other.kl_ctl).__name__ == "FixedKLController"
+    assert other.optimizer.state_dict()["state"][0]["exp_avg"].abs().sum() > 0  # moments restored

@@ -97,10 +97,16 @@ def read(path: Path, *, kind: str, names: tuple[str, ...], optimizer, ident: dic
 
 
 def apply(ck: OnlineCheckpoint, models: dict, optimizer) -> None:
-    """Put a read checkpoint's weights and optimizer state in place."""
+    """Put a read checkpoint's weights and optimizer state in place. The optimizer's settings
+    (lr, betas, ...) stay the run's own, as its config built them: a resume with --force and a
+    new lr (the advice after a stop) trains at that lr, not at the checkpoint's. Unforced, the
+    two agree anyway (they are part of the identity checked by `read`)."""
     for name, model in models.items():
         ckpt.load_trainable_state(model, ck.weights[name], ck.path / name)
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(ck.optimizer)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ckpt.CheckpointError(f"{ck.path / ckpt.OPTIMIZER_JSON}: does not fit the optimizer ({e})") from None
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)

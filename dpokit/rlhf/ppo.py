@@ -37,6 +37,7 @@ from dpokit.rlhf.rollout import (
 )
 
 ROUND_SEED_STRIDE = 1_000_003  # rounds of different seeds never share a sampling seed
+KL_CONTROLLER_KEYS = ("kl_coef", "kl_target", "kl_horizon")  # the controller's settings; its β is state
 
 
 def round_prompts(prompts: list[str], size: int, seed: int, rnd: int) -> list[str]:
@@ -237,6 +238,11 @@ class PPOTrainer:
             controller = est.kl_controller(ck.state["kl_controller"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{ck.path / STATE_JSON}: bad kl_controller ({e})") from None
+        saved = ck.state.get("config") if isinstance(ck.state.get("config"), dict) else {}
+        if any(saved.get(k) != getattr(self.cfg, k) for k in KL_CONTROLLER_KEYS):
+            # Forced with new KL settings (the advice after a KL stop): they take effect.
+            controller = self.kl_ctl
+            self.log(f"KL controller restarted from this run's settings ({', '.join(KL_CONTROLLER_KEYS)}), not the checkpoint's")
         occ.apply(ck, self._models(), self.optimizer)
         self.kl_ctl = controller
         self.log(f"resumed from {ck.path} at round {ck.state['step']}")
