@@ -140,14 +140,15 @@ def test_run_ppo_with_a_reward_model_saves_policy_and_value(tmp_path, tiny_dirs)
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
 
 
-def test_prompt_file_errors_name_the_line(tmp_path):
+def test_prompt_file_errors_name_the_line(tmp_path, tiny_dirs):
+    """(The command's view of every rule: tests/test_rm_ppo_commands.py.)"""
     from dpokit.data.records import DataError
     from dpokit.rlhf.ppo_run import load_prompts
 
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
     with pytest.raises(DataError, match=r"p.jsonl:2: field 'prompt'"):
-        load_prompts(PPOConfig(reward="sentiment", prompts=str(bad)))
+        load_prompts(PPOConfig(model=str(tiny_dirs / "lm"), reward="sentiment", prompts=str(bad)))
 
 
 def test_resumed_ppo_equals_the_uninterrupted_run(tmp_path):
