@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from dpokit.config import ConfigError, TrainConfig, config_source, load_config
-from dpokit.data.records import DataError
 from dpokit.data.audit import DEFAULT_MAX_EXAMPLES
+from dpokit.data.records import DataError
 from dpokit.losses import LOSSES
 from dpokit.train.checkpoint import CheckpointError
 from dpokit.train.loop import TrainingDiverged

@@ -129,8 +129,8 @@ def build_value_model(cfg: PPOConfig):
 def run_ppo(cfg: PPOConfig, log=print, *, resume=None, force: bool = False) -> dict:
     """The rounds (dpokit.rlhf.ppo), then the policy under `output_dir/final` and the value
     model under `output_dir/value` (not after a stop: dpokit.rlhf.online)."""
-    from dpokit.models import save_model
     from dpokit.rlhf.ppo import PPOTrainer
+    from dpokit.train.checkpoint import save_final_model
 
     run_dir = Path(cfg.output_dir)
     prompts, policy, tokenizer, reward_model, reward_fn = load_online_run(cfg, log)
@@ -138,7 +138,8 @@ def run_ppo(cfg: PPOConfig, log=print, *, resume=None, force: bool = False) -> d
     trainer = PPOTrainer(cfg, policy=policy, tokenizer=tokenizer, value_model=build_value_model(cfg),
                          prompts=prompts, reward_fn=reward_fn, reward_model=reward_model, log=log)
     summary = trainer.fit(resume=resume, force=force)
-    save_model(trainer.policy, tokenizer, run_dir / "final")
-    save_model(trainer.value_model, tokenizer, run_dir / "value")
+    # Atomic, and refused if NaN: a kill mid-write never leaves a half model under final/.
+    save_final_model(trainer.policy, tokenizer, run_dir / "final", cfg)
+    save_final_model(trainer.value_model, tokenizer, run_dir / "value", cfg)
     log(f"saved {run_dir / 'final'} (policy) and {run_dir / 'value'} (value model)")
     return summary

@@ -266,8 +266,8 @@ def _round_line(m: dict) -> str:
 def run_rloo(cfg: RLOOConfig, log=print, *, resume=None, force: bool = False) -> dict:
     """`dpokit rloo`'s library path: prompts, policy and reward (as PPO loads them), the rounds,
     then the policy saved under `output_dir/final` (not after a stop: dpokit.rlhf.online)."""
-    from dpokit.models import save_model
     from dpokit.rlhf.ppo_run import load_online_run
+    from dpokit.train.checkpoint import save_final_model
 
     cfg.validate()
     prompts, policy, tokenizer, reward_model, reward_fn = load_online_run(cfg, log)
@@ -275,6 +275,6 @@ def run_rloo(cfg: RLOOConfig, log=print, *, resume=None, force: bool = False) ->
     trainer = RLOOTrainer(cfg, policy=policy, tokenizer=tokenizer, prompts=prompts, reward_fn=reward_fn,
                           reward_model=reward_model, log=log)
     summary = trainer.fit(resume=resume, force=force)
-    save_model(trainer.policy, tokenizer, Path(cfg.output_dir) / "final")
+    save_final_model(trainer.policy, tokenizer, Path(cfg.output_dir) / "final", cfg)
     log(f"saved {Path(cfg.output_dir) / 'final'} (policy)")
     return summary
