@@ -51,7 +51,7 @@ def targets(rollout: dict, steps: dict) -> dict:
     speed, rss = rloo.get("speedup_vs_trl"), rloo.get("rss_ratio_to_trl")
     samplers = {_shape_of(n): e["fraction_of_matmul_peak"] for n, e in rollout.items()
                 if e.get("engine") == "dpokit" and "fraction_of_matmul_peak" in e}
-    verdict = lambda ok, value: None if value is None else ok  # noqa: E731
+    verdict = lambda ok, value: None if value is None else ok
     return {
         "rloo_speedup_vs_trl": {"target": RLOO_SPEEDUP_TARGET, "measured": speed,
                                 "met": verdict(speed is not None and speed >= RLOO_SPEEDUP_TARGET, speed)},

@@ -10,13 +10,19 @@ verbatim), in the order dpokit's online trainers draw them (`round_prompts`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_workers import current_rss_mb, model_path, param_counts, peak_rss_mb
+from benchmarks.bench_workers import (
+    current_rss_mb,
+    model_path,
+    param_counts,
+    peak_rss_mb,
+)
 
 
 def bench_prompts(spec: dict, n: int, rnd: int) -> list[str]:
@@ -194,7 +200,7 @@ def run_trl_rloo(spec: dict) -> dict:
 
     trainer._generate = counted
     trainer.train()
-    times = [b - a for a, b in zip(stamps, stamps[1:])]
+    times = [b - a for a, b in itertools.pairwise(stamps)]
     return _step_result(times, lengths, spec, trainer.model, config={k: getattr(trainer.args, k) for k in TRL_ARGS})
 
 

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import rlhf_report, rlhf_speed  # noqa: E402
+from benchmarks import rlhf_report, rlhf_speed
 
 HAS_TRL = importlib.util.find_spec("trl") is not None
 ROLLOUT_KEYS = ("tokens_per_s", "seconds_per_call", "generated_tokens", "prompt_tokens", "mean_completion_tokens",
