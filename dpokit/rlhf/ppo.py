@@ -33,8 +33,14 @@ from dpokit.rlhf import online
 from dpokit.rlhf import online_checkpoint as occ
 from dpokit.rlhf.ppo_config import PPOConfig
 from dpokit.rlhf.rollout import (
-    RolloutBatch, build_rollout_batch, policy_token_entropy, policy_token_logps, sequence_scores, token_values,
+    RolloutBatch,
+    build_rollout_batch,
+    policy_token_entropy,
+    policy_token_logps,
+    sequence_scores,
+    token_values,
 )
+from dpokit.train.optim import adamw
 
 ROUND_SEED_STRIDE = 1_000_003  # rounds of different seeds never share a sampling seed
 KL_CONTROLLER_KEYS = ("kl_coef", "kl_target", "kl_horizon")  # the controller's settings; its β is state
@@ -75,7 +81,7 @@ class PPOTrainer:
         self.reference = None if hasattr(policy, "disable_adapter") else copy.deepcopy(policy).eval().requires_grad_(False)
         params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr},
                   {"params": [p for p in value_model.parameters() if p.requires_grad], "lr": cfg.value_lr or cfg.lr}]
-        self.optimizer = torch.optim.AdamW(params, weight_decay=0.0)
+        self.optimizer = adamw(params, weight_decay=0.0)
         if cfg.kl_target > 0:
             self.kl_ctl = est.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         else:

@@ -37,7 +37,14 @@ from dpokit.rlhf import online
 from dpokit.rlhf import online_checkpoint as occ
 from dpokit.rlhf.ppo import ROUND_SEED_STRIDE, round_prompts
 from dpokit.rlhf.rloo_config import RLOOConfig
-from dpokit.rlhf.rollout import RolloutBatch, build_rollout_batch, policy_token_entropy, policy_token_logps, sequence_scores
+from dpokit.rlhf.rollout import (
+    RolloutBatch,
+    build_rollout_batch,
+    policy_token_entropy,
+    policy_token_logps,
+    sequence_scores,
+)
+from dpokit.train.optim import adamw
 
 
 def reinforce_losses(seq_logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
@@ -74,7 +81,7 @@ class RLOOTrainer:
         self.device = next(policy.parameters()).device
         # LoRA: the reference is the same model with its adapter off; otherwise a frozen copy.
         self.reference = None if hasattr(policy, "disable_adapter") else copy.deepcopy(policy).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+        self.optimizer = adamw([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
         self.run_dir = Path(cfg.output_dir)
 
     # -- rollout ------------------------------------------------------------------------------

@@ -12,13 +12,19 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     if not params:
         raise ValueError("no trainable parameters")
     if cfg.optimizer == "adamw":
-        # The fused kernel does the whole update in one pass per tensor: measured 0.20 s ->
-        # 0.06 s per step for the 135M model on 2 cores, same update up to float rounding.
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_ok(params))
+        return adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":
         # The DPO paper's choice (Rafailov et al. 2023, App. B).
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, rmsprop")
+
+
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel: it does the whole update in one pass per tensor
+    (measured 0.20 s -> 0.06 s per step for the 135M model on 2 cores; the same update up to float
+    rounding). `params`: tensors or param-group dicts."""
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    return torch.optim.AdamW(params, fused=_fused_ok(tensors), **kwargs)
 
 
 def _fused_ok(params) -> bool:
