@@ -256,3 +256,24 @@ def test_a_forced_resume_trains_with_the_new_lr_and_kl_settings(tmp_path):
     assert [g["lr"] for g in other.optimizer.param_groups] == [1e-3, 1e-3]
     assert other.kl_ctl.beta == 0.2 and type(other.kl_ctl).__name__ == "FixedKLController"
     assert other.optimizer.state_dict()["state"][0]["exp_avg"].abs().sum() > 0  # moments restored
+
+
+def test_one_pass_logps_and_entropy_equal_their_plain_computations():
+    """The rollout's old pass gives log π of each completion token and π's entropy at its
+    position from one forward: equal to the chunked log-probs of the update path and to the
+    entropy of the full logits (positions P + j − 1 predict completion token j)."""
+    from dpokit.rlhf.estimators import entropy_from_logits
+    from dpokit.rlhf.rollout import build_rollout_batch, policy_token_logps, policy_token_logps_and_entropy
+
+    model = tiny_model()
+    batch = build_rollout_batch([[5, 6, 7], [9]], [[10, 11, 258], [12, 13, 14, 15]], pad_id=258)
+    with torch.no_grad():
+        logp, entropy = policy_token_logps_and_entropy(model, batch, chunk_size=3)  # chunks cut across rows
+        torch.testing.assert_close(logp, policy_token_logps(model, batch), rtol=1e-5, atol=1e-6)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        for b, (p, c) in enumerate(((3, 3), (1, 4))):
+            rows = logits[b : b + 1, p - 1 : p - 1 + c]
+            for j in range(c):
+                want = entropy_from_logits(rows[:, j : j + 1], torch.ones(1, 1))
+                assert float(entropy[b, j]) == pytest.approx(float(want), rel=1e-5)
+    assert float(entropy[0, 3:].abs().sum()) == 0.0 and float(logp[0, 3:].abs().sum()) == 0.0  # off the mask

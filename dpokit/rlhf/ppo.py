@@ -35,8 +35,8 @@ from dpokit.rlhf.ppo_config import PPOConfig
 from dpokit.rlhf.rollout import (
     RolloutBatch,
     build_rollout_batch,
-    policy_token_entropy,
     policy_token_logps,
+    policy_token_logps_and_entropy,
     sequence_scores,
     token_values,
 )
@@ -126,7 +126,7 @@ class PPOTrainer:
     def prepare(self, batch: RolloutBatch, scores: torch.Tensor) -> dict:
         """Old log-probs, values, rewards, advantages and returns of a rollout (section 3-4)."""
         self.policy.eval()
-        old_logp = policy_token_logps(self.policy, batch)
+        old_logp, entropy = policy_token_logps_and_entropy(self.policy, batch)
         ref_logp = self._ref_logps(batch)
         old_values = token_values(self.value_model, batch)
         rewards, kl = est.ppo_token_rewards(scores, old_logp, ref_logp, batch.mask, beta=self.kl_ctl.beta)
@@ -135,7 +135,7 @@ class PPOTrainer:
             advantages = est.masked_whiten(advantages, batch.mask)
         k3 = torch.where(batch.mask.bool(), est.kl_k3(old_logp, ref_logp), torch.zeros(()))
         return {"old_logp": old_logp, "old_values": old_values, "advantages": advantages, "returns": returns,
-                "seq_kl": kl.sum(-1), "seq_kl_k3": k3.sum(-1)}
+                "seq_kl": kl.sum(-1), "seq_kl_k3": k3.sum(-1), "entropy": entropy}
 
     def update(self, batch: RolloutBatch, prep: dict, rnd: int) -> dict:
         """`ppo_epochs` passes of clipped policy + value updates over shuffled minibatches."""
@@ -188,7 +188,7 @@ class PPOTrainer:
         scores, truth = self.score(batch, texts, rnd)
         prep = self.prepare(batch, scores)
         online.check_kl(float(prep["seq_kl"].mean()), self.cfg, rnd, self.run_dir)
-        entropy = float(policy_token_entropy(self.policy, batch))
+        entropy = float(est.masked_mean(prep["entropy"], batch.mask))
         return {"batch": batch, "scores": scores, "truth": truth, "prep": prep, "entropy": entropy,
                 "rollout_s": time.perf_counter() - t0}
 

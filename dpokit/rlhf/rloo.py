@@ -40,8 +40,8 @@ from dpokit.rlhf.rloo_config import RLOOConfig
 from dpokit.rlhf.rollout import (
     RolloutBatch,
     build_rollout_batch,
-    policy_token_entropy,
     policy_token_logps,
+    policy_token_logps_and_entropy,
     sequence_scores,
 )
 from dpokit.train.optim import adamw
@@ -141,12 +141,15 @@ class RLOOTrainer:
     def prepare(self, batch: RolloutBatch, scores: torch.Tensor) -> dict:
         """Sequence KL (k1 and k3 sums), shaped rewards and leave-one-out advantages (steps 3-4)."""
         self.policy.eval()
-        logp, ref_logp = self._token_logps(self.policy, batch), self._ref_token_logps(batch)
+        parts = [policy_token_logps_and_entropy(self.policy, sub) for _, sub in self._chunks(batch)]
+        logp, entropy = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        ref_logp = self._ref_token_logps(batch)
         seq_kl = est.masked_sum(est.kl_k1(logp, ref_logp), batch.mask, dim=-1)
         seq_kl_k3 = est.masked_sum(est.kl_k3(logp, ref_logp), batch.mask, dim=-1)
         rewards = est.rloo_rewards(scores, seq_kl, beta=self.cfg.kl_coef)
         return {"old_logp": est.masked_sum(logp, batch.mask, dim=-1), "seq_kl": seq_kl, "seq_kl_k3": seq_kl_k3,
-                "rewards": rewards, "advantages": est.rloo_advantages(rewards, self.cfg.k)}
+                "rewards": rewards, "advantages": est.rloo_advantages(rewards, self.cfg.k),
+                "entropy": float(est.masked_mean(entropy, batch.mask))}
 
     # -- update -------------------------------------------------------------------------------
     def update(self, batch: RolloutBatch, prep: dict) -> dict:
@@ -198,12 +201,6 @@ class RLOOTrainer:
         return stats
 
     # -- the run ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _entropy(self, batch: RolloutBatch) -> float:
-        """Mean per-token entropy of π over the rollout's completion tokens."""
-        total = sum(float(policy_token_entropy(self.policy, sub)) * float(sub.mask.sum()) for _, sub in self._chunks(batch))
-        return total / float(batch.mask.sum())
-
     def collect(self, rnd: int) -> dict:
         """Round `rnd` up to its update: rollout, checked scores, advantages, entropy; stops the
         run (TrainingDiverged) when the rollout's mean KL passes max_kl. Changes no state."""
@@ -212,7 +209,7 @@ class RLOOTrainer:
         scores, truth = self.score(batch, texts, rnd)
         prep = self.prepare(batch, scores)
         online.check_kl(float(prep["seq_kl"].mean()), self.cfg, rnd, self.run_dir)
-        return {"batch": batch, "scores": scores, "truth": truth, "prep": prep, "entropy": self._entropy(batch),
+        return {"batch": batch, "scores": scores, "truth": truth, "prep": prep, "entropy": prep["entropy"],
                 "rollout_s": time.perf_counter() - t0}
 
     def learn(self, rnd: int, collected: dict) -> dict:

@@ -109,13 +109,13 @@ def train_reward_model(cfg: FrontierConfig, run_dir: Path, heldout_pairs: list[d
 
 def _rm_margins(rm, tokenizer, path: Path, rm_cfg) -> list[float]:
     """r(chosen) − r(rejected) of the held-out pairs, in file order (skipped pairs dropped)."""
+    import torch
+
     from dpokit.data.collate import resolve_pad_id
     from dpokit.data.normalize import load_pairs
     from dpokit.data.tokenize import tokenize_pairs
     from dpokit.rlhf.reward_model import pair_rewards
     from dpokit.train.prepare import tokenize_settings
-
-    import torch
 
     pairs, _ = load_pairs(str(path))
     items, _ = tokenize_pairs(pairs, tokenizer, tokenize_settings(rm_cfg))
