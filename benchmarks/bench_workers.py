@@ -105,7 +105,11 @@ def summarise(times: list[float], warmup: int, batches: list[list[int]], tokens:
 def run_dpokit(spec: dict) -> dict:
     import torch
 
-    from benchmarks.bench_data import length_stats, synthetic_token_pairs, tokenize_records
+    from benchmarks.bench_data import (
+        length_stats,
+        synthetic_token_pairs,
+        tokenize_records,
+    )
     from dpokit.config import TrainConfig
     from dpokit.data.collate import resolve_pad_id
     from dpokit.models import load_model
@@ -163,6 +167,21 @@ def _maybe_compile(model, spec: dict) -> bool:
 
 
 # -- TRL -----------------------------------------------------------------------------------
+def step_clock(stamps: list[float]):
+    """A transformers TrainerCallback appending perf_counter() at train start and after every
+    step to `stamps` (step times = consecutive differences)."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    return StepClock()
+
+
 def run_trl(spec: dict) -> dict:
     import os
 
@@ -171,7 +190,7 @@ def run_trl(spec: dict) -> dict:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from benchmarks.bench_data import length_stats, tokenize_records
@@ -190,13 +209,6 @@ def run_trl(spec: dict) -> dict:
     records = [records[i] for i in first] + [r for i, r in enumerate(records) if i not in taken]
     stamps: list[float] = []
 
-    class StepClock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
-
     args = DPOConfig(
         output_dir=str(Path(spec["work_dir"]) / f"trl-{spec['name']}"),
         per_device_train_batch_size=spec["batch"], max_steps=spec["warmup"] + spec["steps"],
@@ -209,7 +221,7 @@ def run_trl(spec: dict) -> dict:
     start = time.perf_counter()
     # The model by path, as TRL's users do: TRL loads the policy (and, unless precomputing,
     # a second copy as the reference) in fp32, its default.
-    trainer = DPOTrainer(model=path, args=args, train_dataset=Dataset.from_list(records), processing_class=tok, callbacks=[StepClock()])
+    trainer = DPOTrainer(model=path, args=args, train_dataset=Dataset.from_list(records), processing_class=tok, callbacks=[step_clock(stamps)])
     setup = time.perf_counter() - start
     trainer.train()
     times = [b - a for a, b in zip(stamps, stamps[1:])]

@@ -22,6 +22,7 @@ from benchmarks.bench_workers import (
     model_path,
     param_counts,
     peak_rss_mb,
+    step_clock,
 )
 
 
@@ -174,22 +175,14 @@ def run_trl_rloo(spec: dict) -> dict:
     """TRL's RLOOTrainer.train() for `warmup + steps` steps; step s uses dpokit's round-s prompts."""
     _offline_trl()
     import torch
-    from transformers import TrainerCallback
 
     torch.manual_seed(spec["seed"])
     total = spec["warmup"] + spec["steps"]
     prompts = [p for rnd in range(total) for p in bench_prompts(spec, spec["prompts"], rnd)]
     stamps: list[float] = []
 
-    class StepClock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
-
     trainer = _trl_rloo_trainer(spec, batch=spec["prompts"] * spec["generations"], steps=total, prompts=prompts,
-                                callbacks=[StepClock()])
+                                callbacks=[step_clock(stamps)])
     lengths: list[float] = []
     generate = trainer._generate
 

@@ -22,15 +22,7 @@ from dpokit.testing import tiny_model, tiny_tokenizer
 from dpokit.train import checkpoint as ckpt
 from dpokit.train import rundir
 from dpokit.train.metrics import MetricsWriter, read_metrics
-
-PAIRS = [
-    {"prompt": "Say hi.", "chosen": "hi there", "rejected": "no"},
-    {"prompt": "Count: 1 2", "chosen": "3 4 5", "rejected": "zzz"},
-    {"prompt": "Colour of sky?", "chosen": "blue", "rejected": "a rather long and wrong answer"},
-    {"prompt": "2+2=", "chosen": "4", "rejected": "5"},
-    {"prompt": "Be kind.", "chosen": "I will.", "rejected": "Never."},
-    {"prompt": "Greet me", "chosen": "Hello!", "rejected": "Go away."},
-]
+from tests.test_cli_score import PAIRS  # the same six pairs
 
 
 @pytest.fixture(scope="module")
