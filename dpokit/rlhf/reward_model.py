@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # Build, save, load
 
 
-def build_reward_model(name: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"):
+def build_reward_model(name: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device: str | torch.device | None = None):
     """(model, tokenizer): a fresh reward model on the backbone of the causal LM `name` (a
     directory, the bundled alias or a cached hub id; see `dpokit.models.resolve_model_path`).
 
@@ -56,7 +56,7 @@ def build_reward_model(name: str | os.PathLike, *, dtype: str | torch.dtype = "f
         attn_implementation="sdpa",
     )
     log.info("reward model %s on the backbone of %s", type(model).__name__, path)
-    return model.to(device).eval(), tokenizer
+    return (model if device is None else model.to(device)).eval(), tokenizer  # None: where transformers put it
 
 
 def _check_reward_config(config, where: str) -> None:
@@ -73,7 +73,7 @@ def save_reward_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     return save_model(model, tokenizer, out_dir)
 
 
-def load_reward_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"):
+def load_reward_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device: str | torch.device | None = None):
     """(model, tokenizer) of a directory written by `save_reward_model` (or by TRL's
     RewardTrainer), in eval mode; anything that is not a one-output classifier is refused."""
     from transformers import AutoModelForSequenceClassification
@@ -81,7 +81,7 @@ def load_reward_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "fl
     path = resolve_model_path(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=_torch_dtype(dtype), attn_implementation="sdpa")
     _check_reward_config(model.config, str(path))
-    return model.to(device).eval(), load_tokenizer(path)
+    return (model if device is None else model.to(device)).eval(), load_tokenizer(path)
 
 
 # ---------------------------------------------------------------------------------------------
