@@ -12,3 +12,18 @@ def real_model_dir():
     from dpokit.models import SMOLLM2_ALIAS, resolve_model_path
 
     return resolve_model_path(SMOLLM2_ALIAS)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """A tiny causal LM directory (`lm/`) and a reward model built on its backbone (`rm/`), for
+    the online-RL tests (PPO, RLOO)."""
+    from dpokit.rlhf.reward_model import build_reward_model, save_reward_model
+    from dpokit.testing import tiny_model, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    tiny_model().save_pretrained(root / "lm")
+    tiny_tokenizer().save_pretrained(root / "lm")
+    rm, tok = build_reward_model(root / "lm")
+    save_reward_model(rm, tok, root / "rm")
+    return root

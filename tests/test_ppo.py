@@ -100,19 +100,6 @@ def test_lora_policy_uses_the_adapter_off_as_reference_and_improves_its_surrogat
     assert all(torch.equal(p, frozen[n]) for n, p in policy.named_parameters() if not p.requires_grad)
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    """A tiny causal LM directory and a reward model built on its backbone."""
-    from dpokit.rlhf.reward_model import build_reward_model, save_reward_model
-
-    root = tmp_path_factory.mktemp("ppo_models")
-    tiny_model().save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    rm, tok = build_reward_model(root / "lm")
-    save_reward_model(rm, tok, root / "rm")
-    return root
-
-
 def test_run_ppo_with_a_reward_model_saves_policy_and_value(tmp_path, tiny_dirs):
     """The command's library path: prompts from a file, reward = the reward model's score at the
     last completion token (logged beside the ground truth), value model started from the reward

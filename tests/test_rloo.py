@@ -145,19 +145,6 @@ def test_bad_settings_name_the_field(override, field):
         RLOOConfig(**{"reward": "sentiment", **override}).validate()
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    """A tiny causal LM directory and a reward model built on its backbone."""
-    from dpokit.rlhf.reward_model import build_reward_model, save_reward_model
-
-    root = tmp_path_factory.mktemp("rloo_models")
-    tiny_model().save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    rm, tok = build_reward_model(root / "lm")
-    save_reward_model(rm, tok, root / "rm")
-    return root
-
-
 def test_run_rloo_with_a_reward_model_saves_the_policy(tmp_path, tiny_dirs):
     """Prompts from a file, reward = the reward model's score (logged beside VADER's ground
     truth), the policy saved under final/ and loadable with plain transformers, changed."""
