@@ -98,7 +98,7 @@ def _count(text: str) -> int:
 def _run_command(args) -> int:
     from dpokit.tasks import registry
 
-    return registry.run_task(args.task, args.config, args.overrides, quick=args.quick)
+    return registry.run_task(args.task, args.config, args.overrides, quick=args.quick, resume=getattr(args, "resume", False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument("--config", help="YAML file or packaged recipe name (default: TASK, --quick: TASK_quick)")
     p.add_argument("--quick", action="store_true", help="the small preset (minutes)")
+    p.add_argument("--resume", action="store_true",
+                   help="frontier: reuse the runs a previous sweep in output_dir finished with the same settings; redo the rest")
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("demo", help="= dpokit run sentiment with the default recipe")
     p.add_argument("--quick", action="store_true")

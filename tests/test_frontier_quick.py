@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_quick_frontier(real_model_dir, tmp_path):
+def test_quick_frontier_and_its_resume(real_model_dir, tmp_path):
     from dpokit.cli import main
 
     out = tmp_path / "frontier"
@@ -21,7 +21,8 @@ def test_quick_frontier(real_model_dir, tmp_path):
     by = {}
     for p in points:
         by.setdefault(p["method"], []).append(p)
-    # The recipe: 2 β × 2 evaluation steps, 1 PPO + PPO-GT, 1 RLOO, Best-of-N at N = 1, 2, 4.
+    # The recipe: 2 β × 2 evaluation steps, 1 PPO + PPO-GT, 1 RLOO, Best-of-N at N = 1, 2, 4;
+    # stability seeds 0 and 1.
     assert sorted((p["setting"], p["step"]) for p in by["dpo"]) == [("β=0.1", 2), ("β=0.1", 3), ("β=0.5", 2), ("β=0.5", 3)]
     assert [len(by[m]) for m in ("reference", "preferred-ft", "ppo", "ppo-gt", "rloo")] == [1, 1, 1, 1, 1]
     for p in points:
@@ -46,7 +47,29 @@ def test_quick_frontier(real_model_dir, tmp_path):
     # PPO logs the learned and the ground-truth reward side by side, every round.
     rows = [json.loads(l) for l in (out / "ppo-kl0.05" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all("reward/model" in r and "reward/ground_truth" in r for r in rows)
+    # Stability: seed 0 is the frontier's own run (its final point), seed 1 a repeat.
+    stability = extra["stability"]
+    for method, main in (("dpo", ("β=0.1", 3)), ("ppo", ("kl_coef=0.05", 2))):
+        runs = stability[method]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        own = next(p for p in by[method] if (p["setting"], p["step"]) == main)
+        assert (runs[0]["reward_mean"], runs[0]["kl"]) == (own["reward_mean"], own["kl"])
+        assert stability[method]["collapsed"] == sum(r["collapsed"] for r in runs)
+    assert "## Stability across training seeds" in (out / "frontier.md").read_text()
     with open(out / "frontier.csv") as f:
         assert len(list(csv.DictReader(f))) == len(points)
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| method | setting |" in (out / "frontier.md").read_text()
+
+    # --resume reuses every finished run: the same points, no run redone.
+    runs = ["rm", "dpo-beta0.1", "dpo-beta0.5", "sft", "ppo-kl0.05", "ppo-gt-kl0.05", "rloo-kl0.05", "best-of-n",
+            "dpo-beta0.1-seed1", "ppo-kl0.05-seed1"]
+    assert main(["run", "frontier", "--quick", "--resume", f"output_dir={out}", "progress=false"]) == 0
+    again = json.loads((out / "frontier.json").read_text())
+    assert again["extra"]["reused_runs"] == runs
+    assert again["points"] == points
+    # A changed PPO setting redoes the PPO runs (PPO-GT and the stability repeat too) and nothing else.
+    assert main(["run", "frontier", "--quick", "--resume", f"output_dir={out}", "progress=false", "ppo.lr=2e-5"]) == 0
+    changed = json.loads((out / "frontier.json").read_text())
+    assert changed["extra"]["reused_runs"] == [r for r in runs if not r.startswith("ppo")]
+    assert [p for p in changed["points"] if not p["method"].startswith("ppo")] == [p for p in points if not p["method"].startswith("ppo")]

@@ -291,10 +291,33 @@ def plot_reward_model_overoptimisation(metrics_rows: list[dict], out_png) -> Pat
 # ------------------------------------------------------------------------------ all files
 
 
-def write_frontier(out_dir, points: list[dict], *, title: str, extra: dict | None = None) -> dict[str, Path]:
+def stability_md(stability: dict | None) -> str:
+    """The stability study as a markdown section: per method, each seed's final reward and KL,
+    their spread, and how many runs collapsed."""
+    if not stability:
+        return ""
+    lines = ["## Stability across training seeds", "",
+             "| method | setting | seed | reward | KL | win rate | collapsed |", "|---|---|---|---|---|---|---|"]
+    for method, s in stability.items():
+        for r in s["runs"]:
+            reward = "n/a" if r["reward_mean"] is None else f"{r['reward_mean']:.3f}"
+            kl = "n/a" if r["kl"] is None else f"{r['kl']:.2f}"
+            why = f"yes ({r['stopped']})" if r["stopped"] else ("yes" if r["collapsed"] else "no")
+            lines.append(f"| {method} | {s['setting']} | {r['seed']} | {reward} | {kl} | {_win(r['win_rate'])} | {_md_cell(why)} |")
+    lines.append("")
+    for method, s in stability.items():
+        if s["reward_mean"] and s["kl"]:
+            lines.append(f"- {method} {s['setting']}: reward {s['reward_mean']['mean']:.3f} ± {s['reward_mean']['sd']:.3f} (sd; "
+                         f"range {s['reward_mean']['min']:.3f}–{s['reward_mean']['max']:.3f}), KL {s['kl']['mean']:.2f} ± "
+                         f"{s['kl']['sd']:.2f}; {s['collapsed']} of {len(s['runs'])} runs collapsed.")
+    return "\n".join(lines) + "\n"
+
+
+def write_frontier(out_dir, points: list[dict], *, title: str, extra: dict | None = None,
+                   sections: tuple[str, ...] = ()) -> dict[str, Path]:
     """frontier.json ({"title", "extra", "points"}, NaN as null), frontier.csv, frontier.png and
-    frontier.md (title, plot, summary and table) in `out_dir`. `extra`: JSON-serialisable run
-    metadata (task, model, seeds) kept in the JSON as it is."""
+    frontier.md (title, plot, summary, table, then `sections`) in `out_dir`. `extra`:
+    JSON-serialisable run metadata (task, model, seeds) kept in the JSON as it is."""
     _check(points)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,5 +330,6 @@ def write_frontier(out_dir, points: list[dict], *, title: str, extra: dict | Non
     _write_csv(paths["csv"], points)
     paths["png"] = plot_frontier(points, out / "frontier.png", title)
     md = f"# {_md_cell(title)}\n\n![reward vs KL](frontier.png)\n\n" + frontier_section_md(points)
+    md += "".join("\n" + section for section in sections if section)
     paths["md"].write_text(md, encoding="utf-8")
     return paths

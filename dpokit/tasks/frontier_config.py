@@ -51,6 +51,13 @@ class BestOfNStage:
 
 
 @dataclass
+class StabilityStage:
+    seeds: list[int] = field(default_factory=list)  # training seeds of the repeats; [] = no stability study
+    dpo_beta: float = ranged(0.1, gt=0)
+    ppo_kl_coef: float = ranged(0.05, ge=0)
+
+
+@dataclass
 class FrontierConfig(SentimentConfig):
     rm: RewardModelStage = field(default_factory=RewardModelStage)
     dpo: DPOStage = field(default_factory=DPOStage)
@@ -58,6 +65,7 @@ class FrontierConfig(SentimentConfig):
     ppo: PPOStage = field(default_factory=PPOStage)
     rloo: RLOOStage = field(default_factory=RLOOStage)
     bon: BestOfNStage = field(default_factory=BestOfNStage)
+    stability: StabilityStage = field(default_factory=StabilityStage)
 
     def validate(self, given: set[str] | None = None) -> None:
         super().validate(given)

@@ -31,15 +31,18 @@ def split_sweep(overrides: list[str]) -> tuple[list[str], str | None, list[str]]
     return plain, sweep_key, values
 
 
-def run_task(task: str, config: str | None, overrides: list[str], *, quick: bool = False, log=print) -> int:
+def run_task(task: str, config: str | None, overrides: list[str], *, quick: bool = False, resume: bool = False,
+             log=print) -> int:
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if resume and task != "frontier":
+        raise ConfigError(f"--resume: only `run frontier` reuses finished runs; `run {task}` redoes its stages")
     from dpokit.preflight import check_run
     from dpokit.tasks.sentiment_config import SentimentConfig
 
     path = config_source(config) if config else _default_config(task, quick)
     if task == "frontier":  # its method lists (dpo.betas=0.05,0.1) are values, not a sweep
-        return _run_frontier(path, overrides, log)
+        return _run_frontier(path, overrides, log, resume)
     plain, sweep_key, values = split_sweep(overrides)
     base = load_config(SentimentConfig, path, plain)
     runs = [(None, base)]
@@ -66,7 +69,7 @@ def run_task(task: str, config: str | None, overrides: list[str], *, quick: bool
     return 0
 
 
-def _run_frontier(path, overrides: list[str], log) -> int:
+def _run_frontier(path, overrides: list[str], log, resume: bool) -> int:
     from dpokit.preflight import check_run
     from dpokit.tasks.frontier_config import FrontierConfig
 
@@ -74,7 +77,7 @@ def _run_frontier(path, overrides: list[str], log) -> int:
     check_run(cfg)
     from dpokit.tasks.frontier import run_frontier
 
-    run_frontier(cfg, log=log)
+    run_frontier(cfg, log=log, resume=resume)
     return 0
 
 

@@ -67,19 +67,24 @@ def make_pairs(cfg, model, tokenizer, model_fp, train_prompts, reward_fn, run_di
     return counts
 
 
-def run_sft(cfg: SentimentConfig, run_dir: Path, stage) -> str:
-    """Preferred-FT on the pairs' chosen completions; returns the model dir to use as reference."""
-    from dpokit.train.loop import train
-
-    stage("SFT (Preferred-FT on the best completion) to make the reference")
-    sft_cfg = train_config_of(
+def sft_config(cfg: SentimentConfig, run_dir: Path) -> TrainConfig:
+    """SFT on the pairs' chosen completions (the sentiment study's reference; the frontier's
+    Preferred-FT point)."""
+    return train_config_of(
         cfg, objective="sft", data=str(run_dir / "pairs.jsonl"), eval_data=None, eval_fraction=0.0,
         lr=cfg.sft.lr, epochs=cfg.sft.epochs, max_steps=0, output_dir=str(run_dir / "sft"), lora=cfg.lora,
         save_every=0,
     )
-    result = train(sft_cfg, log=stage, force=True)  # the study redoes its own stages on a rerun
+
+
+def run_sft(cfg: SentimentConfig, run_dir: Path, stage, purpose: str = "to make the reference") -> str:
+    """SFT on the pairs' chosen completions (`sft_config`); returns the trained model's dir."""
+    from dpokit.train.loop import train
+
+    stage(f"SFT (Preferred-FT on the best completion) {purpose}")
     if cfg.lora.r > 0:
         raise NotImplementedError("sft.enabled with LoRA: merge the adapter first (not supported yet)")
+    result = train(sft_config(cfg, run_dir), log=stage, force=True)  # the study redoes its own stages on a rerun
     return str(result.final_dir)
 
 
