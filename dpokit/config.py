@@ -145,6 +145,7 @@ class TrainConfig:
     # --- optimisation ----------------------------------------------------------------
     optimizer: str = "adamw"  # adamw | rmsprop
     lr: float = ranged(5e-6, gt=0)
+    head_lr: float = ranged(0.0, ge=0, note="objective=rm: the scalar head's learning rate; 0 = lr")
     weight_decay: float = ranged(0.0, ge=0)
     schedule: str = "linear"  # constant | linear | cosine (after warmup)
     warmup_steps: int = ranged(0, ge=0)
@@ -435,6 +436,10 @@ def _check_combinations(cfg: TrainConfig) -> None:
             "the global gradient norm or accumulate micro-batches; set max_grad_norm=0, grad_accum=1 "
             "and microbatch_tokens=0"
         )
+    if cfg.head_lr > 0 and cfg.objective != "rm":
+        raise ConfigError(f"head_lr applies to objective=rm (the reward model's scalar head), not objective={cfg.objective}")
+    if cfg.head_lr > 0 and cfg.optimizer_in_backward:
+        raise ConfigError("head_lr needs a second parameter group: not with optimizer_in_backward")
     if cfg.objective == "rm" and cfg.lora.r > 0:
         raise ConfigError("objective=rm trains the full reward model: LoRA (lora.r > 0) is not supported for it yet")
     if cfg.reference == "adapter" and cfg.lora.r <= 0:

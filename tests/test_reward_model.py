@@ -14,12 +14,14 @@ from transformers import AutoModelForSequenceClassification
 from dpokit.data.collate import TokenizedPair
 from dpokit.models import save_model
 from dpokit.rlhf.reward_model import (
+    backbone_and_head,
     bt_step,
     build_reward_model,
     load_reward_model,
     pair_rewards,
     reward_batch,
     save_reward_model,
+    score_rows,
 )
 from dpokit.testing import tiny_model, tiny_tokenizer
 
@@ -70,6 +72,15 @@ def test_build_gives_scalar_head_on_the_causal_backbone(causal_dir, reward_model
     causal = tiny_model()
     assert torch.equal(model.model.embed_tokens.weight, causal.model.embed_tokens.weight)
     assert torch.equal(model.model.layers[1].mlp.up_proj.weight, causal.model.layers[1].mlp.up_proj.weight)
+
+
+def test_zero_head_scores_every_sequence_zero_and_leaves_the_backbone(causal_dir):
+    model, _ = build_reward_model(causal_dir, zero_head=True)
+    assert torch.count_nonzero(model.score.weight) == 0
+    ids = torch.tensor([[10, 11, 12, EOS], [13, 14, 15, 16]])
+    with torch.no_grad():
+        assert torch.equal(score_rows(model, ids, torch.ones_like(ids), torch.tensor([3, 3])), torch.zeros(2))
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, tiny_model().model.layers[0].self_attn.q_proj.weight)
 
 
 def test_pad_token_of_the_tokenizer_is_used(tmp_path):
@@ -191,3 +202,31 @@ def test_packed_rewards_equal_unpadded_forward(reward_model, pack_tokens):
         assert rejected[i].item() == pytest.approx(_unpadded_reference(model, p.prompt_ids + p.rejected_ids), abs=TOL)
     (chosen - rejected).sum().backward()
     assert model.score.weight.grad is not None and model.score.weight.grad.abs().sum() > 0
+
+
+def test_head_lr_puts_the_head_in_its_own_group_and_the_schedule_scales_both(causal_dir):
+    from dpokit.config import TrainConfig
+    from dpokit.train.optim import build_optimizer, build_scheduler
+
+    model, _ = build_reward_model(causal_dir, zero_head=True)
+    cfg = TrainConfig(objective="rm", lr=1e-5, head_lr=1e-3, warmup_steps=2, schedule="constant")
+    _, head = backbone_and_head(model)
+    opt = build_optimizer(model.parameters(), cfg, head=head)
+    assert [g["lr"] for g in opt.param_groups] == [1e-5, 1e-3]
+    assert [id(p) for p in opt.param_groups[1]["params"]] == [id(head.weight)]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    sched = build_scheduler(opt, cfg, 10)
+    assert sched.get_last_lr() == pytest.approx([0.5e-5, 0.5e-3])  # warmup step 1 of 2
+    # head_lr=0: one group at lr, as for every other objective.
+    assert len(build_optimizer(model.parameters(), TrainConfig(objective="rm", lr=1e-5), head=head).param_groups) == 1
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"objective": "dpo", "head_lr": 1e-3}, "head_lr applies to objective=rm"),
+    ({"objective": "rm", "head_lr": 1e-3, "optimizer_in_backward": True, "max_grad_norm": 0.0}, "second parameter group"),
+])
+def test_head_lr_misuse_is_a_config_error(changes, message):
+    from dpokit.config import ConfigError, TrainConfig, validate_train_config
+
+    with pytest.raises(ConfigError, match=message):
+        validate_train_config(TrainConfig(**changes))

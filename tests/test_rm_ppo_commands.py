@@ -4,6 +4,7 @@ saves a reward model that plain transformers loads, and resumes exactly; `dpokit
 
 import dataclasses
 import json
+import math
 import random
 import shutil
 
@@ -52,12 +53,27 @@ def test_rm_command_learns_the_preference_and_saves_a_loadable_reward_model(tmp_
     assert summary["objective"] == "rm"
     # 24 held-out pairs of prompts never trained on: the rule (case) is learnt, not the pairs.
     assert summary["eval"]["rewards/accuracies"] >= 0.9
+    # The head starts at zero (build_reward_model(zero_head=True)): every reward 0, first loss log 2.
+    first = json.loads((tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final").eval()
     assert model.num_labels == 1 and model.config.pad_token_id is not None
     tok = tiny_tokenizer()
     ids = lambda text: torch.tensor([tok("q: " + text)["input_ids"] + [258]])
     with torch.no_grad():
         assert model(ids(" lmnop")).logits.item() > model(ids(" LMNOP")).logits.item()
+
+
+def test_rm_head_lr_is_the_heads_step_size(tmp_path, tiny_lm, case_pairs):
+    # One AdamW step from the zero head moves each head weight by exactly ±head_lr (m̂/√v̂ = ±1);
+    # the backbone's gradient is zero at that step (it flows through the zero head), so it stays.
+    out = tmp_path / "rm"
+    assert main(rm_args(tiny_lm, case_pairs, out, "max_steps=1", "head_lr=0.05", "lr=1e-4", "schedule=constant",
+                        "max_grad_norm=0")) == 0
+    after = AutoModelForSequenceClassification.from_pretrained(out / "final").state_dict()
+    assert torch.allclose(after["score.weight"].abs(), torch.full_like(after["score.weight"], 0.05), rtol=1e-4)
+    before = tiny_model().state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("model."))
 
 
 def test_rm_resume_is_bit_identical(tmp_path, tiny_lm, case_pairs):

@@ -35,13 +35,18 @@ log = logging.getLogger(__name__)
 # Build, save, load
 
 
-def build_reward_model(name: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device: str | torch.device | None = None):
+def build_reward_model(name: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device: str | torch.device | None = None,
+                       zero_head: bool = False):
     """(model, tokenizer): a fresh reward model on the backbone of the causal LM `name` (a
     directory, the bundled alias or a cached hub id; see `dpokit.models.resolve_model_path`).
 
     The backbone weights come from the checkpoint; the `score` head (hidden → 1, no bias) is
-    newly initialised (transformers reports it as MISSING: that is expected). `pad_token_id`
-    is set to the pad id batches use, so the saved config is complete."""
+    newly initialised (transformers reports it as MISSING: that is expected), drawn at random
+    or, with `zero_head` (what `dpokit rm` trains from), set to zero: every reward starts at 0,
+    the first update moves only the head, and the backbone's gradient grows with the head, so
+    the pretrained features are not pushed around by a random projection's gradient before the
+    head has learned anything (the argument of linear-probe-then-fine-tune, Kumar et al. 2022).
+    `pad_token_id` is set to the pad id batches use, so the saved config is complete."""
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model_path(name)
@@ -55,6 +60,8 @@ def build_reward_model(name: str | os.PathLike, *, dtype: str | torch.dtype = "f
         dtype=_torch_dtype(dtype),
         attn_implementation="sdpa",
     )
+    if zero_head:
+        torch.nn.init.zeros_(backbone_and_head(model)[1].weight)
     log.info("reward model %s on the backbone of %s", type(model).__name__, path)
     return (model if device is None else model.to(device)).eval(), tokenizer  # None: where transformers put it
 

@@ -80,13 +80,21 @@ def load_trainable_model(cfg: TrainConfig):
     if cfg.objective == "rm":
         from dpokit.rlhf.reward_model import build_reward_model
 
-        return build_reward_model(cfg.model, dtype=cfg.dtype)
+        return build_reward_model(cfg.model, dtype=cfg.dtype, zero_head=True)
     from dpokit.models import load_model
 
     return load_model(cfg.model, dtype=cfg.dtype, lora=cfg.lora)
 
 
 class Trainer:
+    def _reward_head(self):
+        """The reward model's scalar head (objective=rm), for its own learning rate (head_lr)."""
+        if self.cfg.objective != "rm":
+            return None
+        from dpokit.rlhf.reward_model import backbone_and_head
+
+        return backbone_and_head(self.model)[1]
+
     def __init__(self, cfg: TrainConfig, *, model=None, tokenizer=None, data: PreparedData | None = None, log=print):
         validate_train_config(cfg)
         self.cfg, self.log = cfg, log
@@ -116,7 +124,7 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.order = StepOrder(len(self.data.train), cfg.batch_size * cfg.grad_accum, cfg.seed)
         self.total_steps = total_steps(cfg, self.order)
-        self.optimizer = build_optimizer(model.parameters(), cfg)
+        self.optimizer = build_optimizer(model.parameters(), cfg, head=self._reward_head())
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.stepper = BackwardStepper(self.optimizer) if cfg.optimizer_in_backward else None
         self._inbwd_norm = float("nan")

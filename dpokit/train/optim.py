@@ -7,10 +7,16 @@ import math
 import torch
 
 
-def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg, head=None) -> torch.optim.Optimizer:
+    """The optimizer of `params`; with `head` (a reward model's scalar head) and cfg.head_lr > 0,
+    the head's parameters form a second group at head_lr (the schedule scales both)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters")
+    if head is not None and getattr(cfg, "head_lr", 0) > 0:
+        head_ids = {id(p) for p in head.parameters()}
+        params = [{"params": [p for p in params if id(p) not in head_ids]},
+                  {"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr}]
     if cfg.optimizer == "adamw":
         return adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":
