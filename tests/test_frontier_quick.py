@@ -49,10 +49,10 @@ def test_quick_frontier_and_its_resume(real_model_dir, tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and all("reward/model" in r and "reward/ground_truth" in r for r in rows)
     # Stability: seed 0 is the frontier's own run (its final point), seed 1 a repeat.
     stability = extra["stability"]
-    for method, main in (("dpo", ("β=0.1", 3)), ("ppo", ("kl_coef=0.05", 2))):
+    for method, own_point in (("dpo", ("β=0.1", 3)), ("ppo", ("kl_coef=0.05", 2))):
         runs = stability[method]["runs"]
         assert [r["seed"] for r in runs] == [0, 1]
-        own = next(p for p in by[method] if (p["setting"], p["step"]) == main)
+        own = next(p for p in by[method] if (p["setting"], p["step"]) == own_point)
         assert (runs[0]["reward_mean"], runs[0]["kl"]) == (own["reward_mean"], own["kl"])
         assert stability[method]["collapsed"] == sum(r["collapsed"] for r in runs)
     assert "## Stability across training seeds" in (out / "frontier.md").read_text()
