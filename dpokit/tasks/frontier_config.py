@@ -11,7 +11,8 @@ from dpokit.tasks.sentiment_config import SentimentConfig
 
 @dataclass
 class RewardModelStage:
-    lr: float = ranged(1.0e-5, gt=0)
+    lr: float = ranged(3.0e-5, gt=0)
+    head_lr: float = ranged(1.0e-3, ge=0, note="the scalar head's learning rate; 0 = lr")
     epochs: float = ranged(2.0, gt=0)
     batch_size: int = ranged(8, ge=1)
 

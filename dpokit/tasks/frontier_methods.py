@@ -62,7 +62,7 @@ def reward_model(sw: Sweep, heldout_pairs: list[dict]) -> dict:
     cfg, run_dir = sw.cfg, sw.run_dir
     rm_cfg = st.train_config_of(
         cfg, objective="rm", data=str(sw.pairs), eval_data=str(run_dir / "heldout_pairs.jsonl") if heldout_pairs else None,
-        eval_fraction=0.0, lr=cfg.rm.lr, epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size, max_steps=0,
+        eval_fraction=0.0, lr=cfg.rm.lr, head_lr=cfg.rm.head_lr, epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size, max_steps=0,
         output_dir=str(run_dir / "rm"), save_every=0,
     )
     sw.rm_key = key_of(sw.base, to_dict(rm_cfg), file_digest(rm_cfg.data), heldout_pairs)

@@ -57,7 +57,7 @@ class SentimentConfig(TrainConfig):
         from dpokit.eval.rewards import REWARDS
         from dpokit.tasks.sentiment_prompts import build_prompts
 
-        fixed = [key for key in STUDY_SETS if key in given]
+        fixed = [key for key in STUDY_SETS if key in (given or ())]
         if fixed:
             raise ConfigError(f"{', '.join(fixed)}: set by the sentiment study itself (it trains on the pairs it "
                               "builds, evaluates on held-out prompts); remove from the config")
