@@ -55,7 +55,8 @@ def test_quick_frontier_and_its_resume(real_model_dir, tmp_path):
         own = next(p for p in by[method] if (p["setting"], p["step"]) == own_point)
         assert (runs[0]["reward_mean"], runs[0]["kl"]) == (own["reward_mean"], own["kl"])
         assert stability[method]["collapsed"] == sum(r["collapsed"] for r in runs)
-    assert "## Stability across training seeds" in (out / "frontier.md").read_text()
+    md = (out / "frontier.md").read_text()
+    assert "## Stability across training seeds" in md and "## Wall time" in md
     with open(out / "frontier.csv") as f:
         assert len(list(csv.DictReader(f))) == len(points)
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -68,6 +69,9 @@ def test_quick_frontier_and_its_resume(real_model_dir, tmp_path):
     again = json.loads((out / "frontier.json").read_text())
     assert again["extra"]["reused_runs"] == runs
     assert again["points"] == points
+    # Each run's wall time, measured on the first sweep, is reported again by the resumed one.
+    assert sorted(extra["run_wall_s"]) == sorted(runs) and all(v > 0 for v in extra["run_wall_s"].values())
+    assert again["extra"]["run_wall_s"] == extra["run_wall_s"]
     # A changed PPO setting redoes the PPO runs (PPO-GT and the stability repeat too) and nothing else.
     assert main(["run", "frontier", "--quick", "--resume", f"output_dir={out}", "progress=false", "ppo.lr=2e-5"]) == 0
     changed = json.loads((out / "frontier.json").read_text())

@@ -25,7 +25,13 @@ def test_a_finished_run_is_reused_only_under_the_same_key(tmp_path):
     changed, changed_calls = _counting({"points": [3]})
     assert again.run("dpo-beta0.1", "k2", changed) == {"points": [3]} and len(changed_calls) == 1
     # The new result replaced the old one under the new key.
-    assert json.loads((tmp_path / "dpo-beta0.1" / RUN_FILE).read_text()) == {"key": "k2", "result": {"points": [3]}}
+    stored = json.loads((tmp_path / "dpo-beta0.1" / RUN_FILE).read_text())
+    assert (stored["key"], stored["result"]) == ("k2", {"points": [3]})
+    # Its wall time is kept, and a later sweep that reuses the run reports it.
+    assert stored["wall_s"] == again.wall_s["dpo-beta0.1"] >= 0
+    later = FinishedRuns(tmp_path, resume=True, log=lambda *_: None)
+    later.run("dpo-beta0.1", "k2", changed)
+    assert later.wall_s == {"dpo-beta0.1": stored["wall_s"]} and len(changed_calls) == 1
 
 
 def test_without_resume_every_run_is_redone(tmp_path):

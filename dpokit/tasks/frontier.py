@@ -103,6 +103,14 @@ def _reward_model_md(report: dict, implicit: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cost_md(extra: dict) -> str:
+    runs = extra["run_wall_s"]
+    lines = ["## Wall time", "", "| run | min |", "|---|---|"] + [f"| {k} | {v / 60:.1f} |" for k, v in runs.items()]
+    lines += ["", (f"Runs: {sum(runs.values()) / 60:.1f} min in all (reused runs at the time they took); this invocation "
+                  f"{extra['elapsed_s'] / 60:.1f} min, including sampling the pairs and the held-out reference.")]
+    return "\n".join(lines) + "\n"
+
+
 def _spread(values: list[float]) -> dict | None:
     if not values:
         return None
@@ -158,8 +166,8 @@ def run_frontier(cfg: FrontierConfig, log=print, resume: bool = False) -> dict:
 
     extra = {"reward_model": rm_report, "dpo_implicit_reward_spearman": implicit, "pairs": pair_counts,
              "online_runs_stopped": {k: v for k, v in stopped.items() if v}, "stability": stability(sw, reference, dpo_at),
-             "elapsed_s": stage.elapsed(), "reused_runs": sw.runs.reused}
+             "elapsed_s": stage.elapsed(), "reused_runs": sw.runs.reused, "run_wall_s": sw.runs.wall_s}
     files = write_frontier(run_dir, points, title="Reward–KL frontier: sentiment control", extra=extra,
-                           sections=(_reward_model_md(rm_report, implicit), stability_md(extra["stability"])))
+                           sections=(_reward_model_md(rm_report, implicit), stability_md(extra["stability"]), _cost_md(extra)))
     stage(f"frontier: {', '.join(str(f) for f in files.values())}")
     return {"points": points, **extra}

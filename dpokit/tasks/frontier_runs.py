@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 RUN_FILE = "frontier_run.json"
@@ -43,6 +44,7 @@ class FinishedRuns:
         self.root, self.resume, self.log = Path(root), resume, log
         self.reused: list[str] = []
         self.finished: dict[tuple[str, str], dict] = {}  # (name, key) → result, of this sweep
+        self.wall_s: dict[str, float] = {}  # each run's own wall time, reused runs included
 
     def get(self, name: str, key: str, intact=None) -> dict | None:
         """The stored result, or None (not resuming, never finished, changed, or `intact(result)`
@@ -66,13 +68,14 @@ class FinishedRuns:
             return None
         self.log(f"{name}: reusing the finished run ({path})")
         self.reused.append(name)
+        self.wall_s[name] = float(stored.get("wall_s") or 0.0)
         return stored["result"]
 
-    def put(self, name: str, key: str, result: dict) -> None:
+    def put(self, name: str, key: str, result: dict, wall_s: float = 0.0) -> None:
         path = self.root / name / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{RUN_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "result": result}, indent=1))
+        tmp.write_text(json.dumps({"key": key, "result": result, "wall_s": wall_s}, indent=1))
         os.replace(tmp, path)
 
     def run(self, name: str, key: str, compute, intact=None) -> dict:
@@ -82,7 +85,9 @@ class FinishedRuns:
             return self.finished[name, key]
         result = self.get(name, key, intact)
         if result is None:
+            started = time.perf_counter()
             result = compute()
-            self.put(name, key, result)
+            self.wall_s[name] = time.perf_counter() - started
+            self.put(name, key, result, self.wall_s[name])
         self.finished[name, key] = result
         return result
