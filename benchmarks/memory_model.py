@@ -16,10 +16,14 @@ weights and gradients, fp32 master weights and Adam moments):
 LoRA: the frozen base weights (2 B/param in bf16, sharded / N under ZeRO-3 / FSDP) plus
 16 B per trainable adapter parameter.
 
-Activations per token and layer (Korthikanti et al. 2022, eq. 2, with the attention scores
-never stored: SDPA / FlashAttention keep O(s) not O(s²)): about 34·h bytes in 16-bit without
-recomputation, 2·h bytes (the layer's input) with full recomputation. The output head's logits
-add V·4 bytes per token in fp32, unless chunked (dpokit: `chunk_size` tokens at a time).
+Activations per token and layer: Korthikanti et al. 2022 (eq. 2, attention scores never
+stored: SDPA keeps O(s), not O(s²)) count 17 h-wide values for a GPT layer. A transformers
+Llama layer keeps more (SwiGLU's three MLP tensors of width ~2.7h, RMSNorm's fp32 copies, the
+rotated q and k): the slope of peak memory over trained tokens measured on the 135M model
+(`measured_values_per_layer`) is ~29–35 h-wide values per layer (32 used), and that is what the model uses.
+Full recomputation keeps each layer's input (h values) plus the one layer rebuilt during its
+backward. The output head's logits add V·4 bytes per token in fp32 unless chunked (dpokit:
+`chunk_size` tokens at a time).
 
 Time: training costs ≈ 6·N FLOPs per token (forward 2N + backward 4N; Kaplan et al. 2020), and
 DPO with a cached reference adds one reference forward (2N per token) once per pair.
@@ -73,12 +77,34 @@ def lora_state_bytes(params: float, trainable: float, n_procs: int, sharded: boo
     return params * 2 / (n_procs if sharded else 1) + trainable * 16
 
 
-def activation_bytes_per_token(model: Model, *, recompute: bool, bytes_per_value: int = 2) -> float:
-    """Per token: ≈ 17 values of width h per layer kept for backward (34·h bytes in 16-bit), or
-    with full recomputation each layer's input (h values) plus the one layer whose activations
-    are rebuilt during its backward (17·h values)."""
-    values = 17 * model.layers if not recompute else model.layers + 17
+VALUES_PER_LAYER = 32  # h-wide values a transformers Llama layer keeps per token (measured_values_per_layer)
+
+
+def activation_bytes_per_token(model: Model, *, recompute: bool, bytes_per_value: int = 2,
+                               values_per_layer: float = VALUES_PER_LAYER) -> float:
+    """Per token: `values_per_layer` values of width h per layer kept for backward, or with full
+    recomputation each layer's input (h values) plus the one layer being rebuilt."""
+    values = values_per_layer * model.layers if not recompute else model.layers + values_per_layer
     return values * model.hidden * bytes_per_value
+
+
+def measured_values_per_layer(scaling_jsons: list[str], model: Model, bytes_per_value: int = 4) -> list[float]:
+    """From the scaling benchmarks (peak RSS at growing batch / length, fp32): the slope of peak
+    memory over trained tokens per step, as h-wide values per layer, one slope per sweep."""
+    import json
+
+    slopes = []
+    for path in scaling_jsons:
+        with open(path) as f:
+            data = json.load(f)
+        for sweep, per_step in (("batch_sweep", lambda q: q["x"] * q["tokens_per_pair"]),
+                                ("length_sweep", lambda q: 2 * q["tokens_per_pair"])):  # the length sweep ran batch 2
+            pts = data.get(sweep) or []
+            if len(pts) >= 2:
+                first, last = pts[0], pts[-1]
+                per_token = (last["peak_rss_mb"] - first["peak_rss_mb"]) * 1e6 / (per_step(last) - per_step(first))
+                slopes.append(per_token / (bytes_per_value * model.hidden * model.layers))
+    return slopes
 
 
 def logits_bytes(model: Model, tokens: int, *, chunk: int | None = None) -> float:
@@ -130,14 +156,18 @@ def check_135m(results_path: str) -> str:
         measured = json.load(f)
     run = measured["configurations"]["dpokit-defaults"]
     m = MODELS["135M"]
+    folder = results_path.rsplit("/", 1)[0]
+    slopes = measured_values_per_layer([f"{folder}/scaling_batch.json", f"{folder}/scaling_length.json"], m)
     tokens = round(run["data"]["tokens_per_pair"] * run["batch"])
     states = m.params * state_bytes_per_param("fp32", 1)
     act = activation_bytes_per_token(m, recompute=False, bytes_per_value=4) * tokens
     logits = 2 * logits_bytes(m, tokens, chunk=2048)  # the logits and their gradient
     predicted = states + act + logits
-    return (f"135M fp32, {tokens} tokens per step: states {states / GB:.2f} GB + activations {act / GB:.2f} GB + logits "
+    return (f"measured activation slope: {', '.join(f'{v:.0f}' for v in slopes)} h-wide values per layer per token "
+            f"(the model uses {VALUES_PER_LAYER})\n"
+            f"135M fp32, {tokens} tokens per step: states {states / GB:.2f} GB + activations {act / GB:.2f} GB + logits "
             f"{logits / GB:.2f} GB = {predicted / GB:.2f} GB predicted; measured peak RSS {run['peak_rss_mb'] / 1e3:.2f} GB "
-            f"(the rest: the Python/torch runtime and allocator); measured {run['useful_gflops']:.0f} GFLOP/s = "
+            f"(predicted / measured = {predicted / (run['peak_rss_mb'] * 1e6):.2f}); measured {run['useful_gflops']:.0f} GFLOP/s = "
             f"{run['fraction_of_matmul_peak']:.0%} of this machine's fp32 matmul peak")
 
 
