@@ -135,3 +135,16 @@ def test_tiny_model_end_to_end(tmp_path):
     torch.testing.assert_close(samples.truth[1], torch.tensor(lowercase_share(texts), dtype=torch.float64))
     assert points == frontier_points(samples.truth, samples.rm_scores)
     assert [p["selector"] for p in best_of_n_frontier(policy, tok, prompts, **{**kw, "reward_model": None})] == ["oracle"] * 4
+
+
+def test_within_prompt_pair_accuracy_by_hand():
+    from dpokit.rlhf.best_of_n import within_prompt_pair_accuracy
+
+    truth = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 1.0]])
+    scores = torch.tensor([[0.0, 2.0, 1.0], [5.0, 3.0, 3.0]])
+    # Prompt 1: (0,1) right, (0,2) right, (1,2) wrong. Prompt 2: (0,1) is a truth tie (left out),
+    # (0,2) wrong, (1,2) a score tie (1/2). 2 + 0.5 right out of 5 pairs.
+    assert within_prompt_pair_accuracy(truth, scores) == {"accuracy": pytest.approx(2.5 / 5), "pairs": 5}
+    # min_gap 1.5 keeps only prompt 1's (0,2).
+    assert within_prompt_pair_accuracy(truth, scores, min_gap=1.5) == {"accuracy": 1.0, "pairs": 1}
+    assert within_prompt_pair_accuracy(truth, scores, min_gap=5) == {"accuracy": None, "pairs": 0}

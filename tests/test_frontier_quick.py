@@ -43,6 +43,10 @@ def test_quick_frontier_and_its_resume(real_model_dir, tmp_path):
     # The reward model's own report, and the implicit reward's rank correlation at every DPO point.
     extra = report["extra"]
     assert 0 <= extra["reward_model"]["heldout_pair_accuracy"] <= 1
+    # ... and on the Best-of-N samples: every within-prompt pair (6 prompts × 4 samples: ≤ 36 pairs).
+    on_samples = extra["reward_model"]["on_best_of_n_samples"]
+    assert 0 < on_samples["pairs"] <= 36 and 0 <= on_samples["accuracy"] <= 1
+    assert (on_samples["prompts"], on_samples["samples_per_prompt"]) == (6, 4)
     assert len(extra["dpo_implicit_reward_spearman"]) == len(by["dpo"])
     # PPO logs the learned and the ground-truth reward side by side, every round.
     rows = [json.loads(l) for l in (out / "ppo-kl0.05" / "metrics.jsonl").read_text().splitlines()]

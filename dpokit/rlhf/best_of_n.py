@@ -96,6 +96,22 @@ def frontier_points(truth: torch.Tensor, rm_scores: torch.Tensor | None, ns=None
     return points
 
 
+def within_prompt_pair_accuracy(truth: torch.Tensor, scores: torch.Tensor, min_gap: float = 0.0) -> dict:
+    """How often `scores` order two samples of the same prompt as `truth` does, over every such
+    pair whose ground-truth gap is ≥ `min_gap` (and not 0); a tie in scores counts 1/2.
+    (prompts, M) tensors → {"accuracy", "pairs"}. With M samples per prompt this measures a reward
+    model on M(M−1)/2 pairs per prompt instead of one: the pairs share samples, so the spread
+    of the estimate is set by the prompts more than by the pair count."""
+    m = truth.shape[-1]
+    d_truth = truth[:, :, None] - truth[:, None, :]
+    d_score = (scores[:, :, None] - scores[:, None, :]).to(d_truth.dtype)
+    upper = torch.ones(m, m, dtype=torch.bool).triu(diagonal=1)
+    use = upper & (d_truth.abs() >= min_gap) & (d_truth != 0)
+    agree = (torch.sign(d_truth) == torch.sign(d_score)).to(torch.float64) + 0.5 * (d_score == 0).to(torch.float64)
+    n = int(use.sum())
+    return {"accuracy": float(agree[use].mean()) if n else None, "pairs": n}
+
+
 @dataclass
 class BestOfNSamples:
     """M samples per prompt from the reference and their scores, (prompts, M) each."""

@@ -98,6 +98,11 @@ def _reward_model_md(report: dict, implicit: list[dict]) -> str:
              (f"- Reward model: held-out pair accuracy {fmt(report['heldout_pair_accuracy'])}, Spearman ρ with the ground "
               f"truth on held-out reference samples {fmt(report['spearman_with_ground_truth'])}, trained in "
               f"{report['train_seconds'] / 60:.1f} min.")]
+    on = report.get("on_best_of_n_samples")
+    if on:
+        lines.append(f"- Reward model on the Best-of-N samples ({on['samples_per_prompt']} per held-out prompt, "
+                     f"{on['prompts']} prompts): pairwise accuracy {fmt(on['accuracy'])} over {on['pairs']} within-prompt "
+                     f"pairs (ground-truth gap ≥ min_gap), Spearman ρ {fmt(on['spearman'])}.")
     lines += [f"- DPO β={r['beta']} step {r['step']}: implicit reward β·log π/π_ref, Spearman ρ with the ground truth "
               f"{fmt(r['spearman'])}." for r in implicit]
     return "\n".join(lines) + "\n"
@@ -162,7 +167,9 @@ def run_frontier(cfg: FrontierConfig, log=print, resume: bool = False) -> dict:
         done = fm.rloo(sw, coef)
         points += done["points"]
         stopped[f"rloo kl_coef={coef}"] = done["stopped"]
-    points += fm.best_of_n(sw, ref_model, tokenizer, heldout)
+    bon = fm.best_of_n(sw, ref_model, tokenizer, heldout)
+    points += bon["points"]
+    rm_report = {**rm_report, "on_best_of_n_samples": bon["reward_model_on_samples"]}
 
     extra = {"reward_model": rm_report, "dpo_implicit_reward_spearman": implicit, "pairs": pair_counts,
              "online_runs_stopped": {k: v for k, v in stopped.items() if v}, "stability": stability(sw, reference, dpo_at),

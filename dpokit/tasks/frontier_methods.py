@@ -256,23 +256,39 @@ def online_points(trainer, method: str, setting: str, steps: int, n_points: int,
     return {"points": points, "stopped": stopped}
 
 
-def best_of_n(sw: Sweep, ref_model, tokenizer, heldout) -> list[dict]:
-    key = key_of(sw.base, dataclasses.asdict(sw.cfg.bon), sw.rm_key, sw.cfg.pairs.batch_size)
+def best_of_n(sw: Sweep, ref_model, tokenizer, heldout) -> dict:
+    """{"points": Best-of-N frontier points, "reward_model_on_samples": the reward model's
+    within-prompt pairwise accuracy and Spearman ρ on the same samples}."""
+    key = key_of(sw.base, dataclasses.asdict(sw.cfg.bon), sw.rm_key, sw.cfg.pairs.batch_size, sw.cfg.pairs.min_gap)
     run = partial(_best_of_n_run, sw.cfg, ref_model, tokenizer, heldout, sw.reward_fn, sw.rm, sw.runs.log)
-    return sw.runs.run("best-of-n", key, run)["points"]
+    return sw.runs.run("best-of-n", key, run)
 
 
 def _best_of_n_run(cfg: FrontierConfig, ref_model, tokenizer, heldout, reward_fn, rm, stage) -> dict:
     """Best-of-N from the reference on the held-out prompts; its KL is the analytic
-    log N − (N−1)/N (an upper bound), not measured."""
-    from dpokit.rlhf.best_of_n import best_of_n_frontier
+    log N − (N−1)/N (an upper bound), not measured. The same M samples per prompt also measure
+    the reward model far more tightly than the held-out pair file (one pair per prompt): every
+    within-prompt pair with a ground-truth gap ≥ pairs.min_gap."""
+    from dpokit.rlhf.best_of_n import (
+        frontier_points,
+        resolve_ns,
+        sample_best_of_n,
+        within_prompt_pair_accuracy,
+    )
 
     stage(f"Best-of-N: {cfg.bon.m} reference samples per held-out prompt")
     started = time.perf_counter()
-    raw = best_of_n_frontier(ref_model, tokenizer, heldout, reward_fn=reward_fn, reward_model=rm, m=cfg.bon.m, ns=cfg.bon.ns,
-                             max_new_tokens=cfg.pairs.max_new_tokens, temperature=cfg.pairs.temperature,
-                             batch_size=cfg.pairs.batch_size, seed=cfg.eval.seed, progress=cfg.progress)
+    ns = resolve_ns(cfg.bon.m, cfg.bon.ns)
+    samples = sample_best_of_n(ref_model, tokenizer, heldout, reward_fn=reward_fn, reward_model=rm, m=cfg.bon.m,
+                               max_new_tokens=cfg.pairs.max_new_tokens, temperature=cfg.pairs.temperature,
+                               batch_size=cfg.pairs.batch_size, seed=cfg.eval.seed, progress=cfg.progress)
+    raw = frontier_points(samples.truth, samples.rm_scores, ns)
     seconds = time.perf_counter() - started
     names = {"reward-model": "best-of-n (reward model)", "oracle": "best-of-n (oracle)"}
+    rm_eval = within_prompt_pair_accuracy(samples.truth, samples.rm_scores, cfg.pairs.min_gap)
+    rm_eval["spearman"] = spearman(samples.rm_scores.flatten().tolist(), samples.truth.flatten().tolist())
+    rm_eval["prompts"], rm_eval["samples_per_prompt"] = len(heldout), cfg.bon.m
+    stage(f"reward model on the Best-of-N samples: pairwise accuracy {rm_eval['accuracy']:.3f} over {rm_eval['pairs']} "
+          f"within-prompt pairs, Spearman ρ {rm_eval['spearman']:.3f}")
     return {"points": [point(names[q["selector"]], f"N={q['n']}", 0, q["kl"], q["reward_mean"], q["reward_ci95"], None,
-                              len(heldout), seconds) for q in raw]}
+                             len(heldout), seconds) for q in raw], "reward_model_on_samples": rm_eval}
