@@ -23,9 +23,11 @@ def _train_command(args, objective: str) -> int:
     check_run(cfg)
     from dpokit.train.loop import train
 
+    from dpokit import accel
+
     result = train(cfg, resume=args.resume, force=args.force)
     ev = result.summary.get("eval") or {}
-    if ev:
+    if ev and accel.current().is_main:
         shown = {k: round(v, 4) for k, v in ev.items() if isinstance(v, float)}
         print(f"held-out: {shown}")
     return 0

@@ -121,7 +121,10 @@ class TrainConfig:
     model: str = "smollm2-135m-instruct"  # local dir, locally cached hub id, or the bundled alias
     ref_model: str | None = None  # reference policy; None = the starting model
     dtype: str = "float32"  # float32 | bfloat16 (weights)
-    autocast_bf16: bool = False  # bf16 autocast for matmuls, fp32 weights and log-softmax
+    # bf16 autocast for the matmuls (weights and log-softmax stay fp32): auto = on CUDA, off on
+    # CPU (dpokit.accel); autocast_bf16: true is the older spelling of mixed_precision: bf16
+    mixed_precision: str = "auto"  # auto | no | bf16
+    autocast_bf16: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     # --- data ------------------------------------------------------------------------
     data: str = "examples/pairs.jsonl"  # JSONL / JSON / Parquet / datasets dir
@@ -395,6 +398,7 @@ def save_config(cfg, path: str | Path) -> None:
 _CHOICES = {
     "objective": ("dpo", "sft", "rm"),
     "dtype": ("float32", "bfloat16"),
+    "mixed_precision": ("auto", "no", "bf16"),
     "on_malformed": ("raise", "skip"),
     "prompt_overflow": ("truncate", "skip"),
     "reference": ("cached", "copy", "adapter"),

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from dpokit import accel
 from dpokit.data.collate import TokenizedPair, collate_pairs
 from dpokit.logprobs import DEFAULT_CHUNK, batch_logps
 from dpokit.models import new_hasher, is_peft_model
@@ -61,8 +62,6 @@ def _on(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 class _ModelReference(ReferenceBackend):
@@ -85,7 +84,7 @@ class _ModelReference(ReferenceBackend):
         modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
         try:
-            with torch.no_grad(), self._context(), _autocast(self.autocast_bf16):
+            with torch.no_grad(), self._context(), accel.autocast(self.autocast_bf16, _model_device(self.model)):
                 return compute()
         finally:
             for module, mode in modes:
@@ -172,7 +171,7 @@ class CachedReference(ReferenceBackend):
                 "for other data; precompute it for this data set"
             )
         rows = torch.tensor([self._row[i] for i in wanted], dtype=torch.long)
-        device = batch["input_ids"].device if "input_ids" in batch else torch.device("cpu")
+        device = batch["input_ids"].device if "input_ids" in batch else accel.current().device
         return self.chosen[rows].to(device), self.rejected[rows].to(device)
 
     def pair_logps(self, items: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,8 +318,33 @@ def precompute_reference(
                 log.info("reference cache reused: %s (%d pairs)", path, len(cached))
                 return cached
             log.warning("reference cache %s lacks some pairs; recomputing", path)
-    index, chosen, rejected = _compute(_backend_for(model, **options), tokenized_pairs, pad_id, batch_size, progress)
-    cached = CachedReference(index, chosen, rejected, reused=False)
-    cached.save(path, key)
+    placement = accel.current()
+    backend = _backend_for(model, **options)
+    if placement.world_size > 1:
+        cached = _compute_sharded(backend, tokenized_pairs, pad_id, batch_size, progress, path, key, placement)
+    else:
+        cached = CachedReference(*_compute(backend, tokenized_pairs, pad_id, batch_size, progress), reused=False)
+        cached.save(path, key)
     log.info("reference cache computed: %s (%d pairs)", path, len(cached))
+    return cached
+
+
+def _compute_sharded(backend, pairs, pad_id, batch_size, progress, path: Path, key: str, placement) -> CachedReference:
+    """Data-parallel precomputation: each rank computes its share of the pairs and writes it
+    next to `path`; rank 0 merges the shares into `path` and deletes them; every rank then
+    reads the merged file. No rank computes a pair twice; the files are safetensors."""
+    part = path.with_name(f"{path.stem}.part{placement.rank}of{placement.world_size}.safetensors")
+    mine = accel.shard(pairs, placement)
+    CachedReference(*_compute(backend, mine, pad_id, batch_size, progress and placement.is_main), reused=False).save(part, key)
+    accel.barrier(placement)
+    if placement.is_main:
+        parts = [path.with_name(f"{path.stem}.part{r}of{placement.world_size}.safetensors") for r in range(placement.world_size)]
+        shares = [CachedReference.load(p) for p in parts]
+        merged = CachedReference(*(torch.cat([getattr(c, name) for c in shares]) for name in ("pair_index", "chosen", "rejected")))
+        merged.save(path, key)
+        for p in parts:
+            p.unlink()
+    accel.barrier(placement)
+    cached = CachedReference.load(path)
+    cached.reused = False
     return cached

@@ -13,6 +13,7 @@ after an applied update (none is written while a streak of skips is running).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dpokit.config import TrainConfig, save_config, validate_train_config
+from dpokit import accel
+from dpokit.config import ConfigError, TrainConfig, save_config, validate_train_config
 from dpokit.data.collate import resolve_pad_id
 from dpokit.train import checkpoint as ckpt
 from dpokit.train import rundir
@@ -33,6 +35,16 @@ from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm, json_safe
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.prepare import PreparedData, build_reference, prepare_data
 from dpokit.train.step import pairwise_step, processed_tokens, reward_model_step, sft_step
+
+
+class _NoWriter:
+    """Where the metrics of ranks other than 0 go: they are already reduced onto rank 0."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,6 +86,33 @@ def total_steps(cfg: TrainConfig, order: StepOrder) -> int:
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * order.steps_per_epoch))
 
 
+def pairs_per_step(cfg: TrainConfig, place: accel.Placement) -> int:
+    """Pairs in one optimizer step over all ranks: batch_size × grad_accum on each."""
+    return cfg.batch_size * cfg.grad_accum * place.world_size
+
+
+def check_data_parallel(cfg: TrainConfig, place: accel.Placement) -> None:
+    """What a data-parallel run cannot do (yet), as one-line config errors."""
+    if not place.distributed:
+        return
+    if place.kind not in ("MULTI_CPU", "MULTI_GPU"):
+        raise ConfigError(
+            f"accelerate's {place.kind} engine: dpokit's checkpoints need the full state dict on one rank, "
+            "which only the DDP path (multi_gpu / CPU processes) gives today; launch with a DDP config"
+        )
+    if cfg.optimizer_in_backward:
+        raise ConfigError("optimizer_in_backward updates parameters before the gradients are reduced: not with several processes")
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0: one process speaks."""
+
+
+def _zero_loss(model) -> torch.Tensor:
+    # Touches every trainable parameter, so the engine's gradient reduction completes.
+    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+
+
 def load_trainable_model(cfg: TrainConfig):
     """(model, tokenizer) to train: the causal LM (with LoRA when asked), or for objective=rm a
     scalar-head reward model on its backbone (dpokit.rlhf.reward_model)."""
@@ -97,7 +136,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, model=None, tokenizer=None, data: PreparedData | None = None, log=print):
         validate_train_config(cfg)
-        self.cfg, self.log = cfg, log
+        self.place = accel.current()
+        cfg = accel.resolve(cfg, self.place)
+        check_data_parallel(cfg, self.place)
+        self.cfg, self.log = cfg, (log if self.place.is_main else _silent)
+        log = self.log
         if cfg.tune_malloc:
             from dpokit.runtime import tune_malloc
 
@@ -113,7 +156,7 @@ class Trainer:
         self.data = data or prepare_data(cfg, tokenizer, log)
         if model is None:
             model, tokenizer = load_trainable_model(cfg)
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer = model.to(self.place.device), tokenizer
         self.pad_id = resolve_pad_id(tokenizer)
         self.pairwise = cfg.objective == "dpo"
         self.ref_train = self.ref_eval = None
@@ -122,7 +165,13 @@ class Trainer:
         if cfg.gradient_checkpointing:
             # Non-reentrant: works with frozen inputs and with the per-parameter hooks below.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.order = StepOrder(len(self.data.train), cfg.batch_size * cfg.grad_accum, cfg.seed)
+        # The engine's wrapper (DDP ...) around the policy, or the policy itself in one process.
+        self.accelerator, self.engine = None, model
+        if self.place.distributed:
+            self.accelerator = accel.make_accelerator()
+            self.engine = self.accelerator.prepare_model(accel.FunctionRunner(model))
+        # A step takes batch_size × grad_accum pairs on each rank: the global batch.
+        self.order = StepOrder(len(self.data.train), pairs_per_step(cfg, self.place), cfg.seed)
         self.total_steps = total_steps(cfg, self.order)
         self.optimizer = build_optimizer(model.parameters(), cfg, head=self._reward_head())
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
@@ -134,10 +183,10 @@ class Trainer:
     # -- one optimizer step -------------------------------------------------------------
     def _loss(self, items, reference, votes):
         if self.pairwise:
-            return pairwise_step(self.model, reference, items, self.pad_id, self.cfg, votes=votes)
+            return pairwise_step(self.engine, reference, items, self.pad_id, self.cfg, votes=votes)
         if self.cfg.objective == "rm":
-            return reward_model_step(self.model, items, self.pad_id, self.cfg)
-        return sft_step(self.model, items, self.pad_id, self.cfg)
+            return reward_model_step(self.engine, items, self.pad_id, self.cfg)
+        return sft_step(self.engine, items, self.pad_id, self.cfg)
 
     def train_step(self, step: int) -> dict:
         cfg = self.cfg
@@ -145,15 +194,10 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums, finite = MetricSums(), True
-        for micro in self._microbatches(items):
-            losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes)
-            if not torch.isfinite(losses).all():
-                finite = False
-                break
-            # Sum over the micro-batch / pairs in the step: accumulation k×b equals one batch of k·b.
-            self._backward(losses.sum() / len(items))
-            sums.merge(micro_sums)
+        if self.place.world_size > 1:
+            sums, finite = self._data_parallel_backward(items)
+        else:
+            sums, finite = self._backward_all(items)
         norm, applied = self._update(finite)
         if not applied:
             # NaN/inf: the update is dropped, counted and reported; weights stay as they were.
@@ -171,6 +215,41 @@ class Trainer:
         record["pairs_per_s"] = len(items) / elapsed
         record["skipped"] = not applied
         return record
+
+    def _backward_all(self, items: list) -> tuple[MetricSums, bool]:
+        """One process: every micro-batch's loss backward, scaled by the pairs of the step."""
+        sums = MetricSums()
+        for micro in self._microbatches(items):
+            losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes)
+            if not torch.isfinite(losses).all():
+                return sums, False
+            # Sum over the micro-batch / pairs in the step: accumulation k×b equals one batch of k·b.
+            self._backward(losses.sum() / len(items))
+            sums.merge(micro_sums)
+        return sums, True
+
+    def _data_parallel_backward(self, items: list) -> tuple[MetricSums, bool]:
+        """Each rank takes its share of the step's pairs; the engine all-reduces (averages) the
+        gradients at the last micro-batch's backward, so each rank scales its loss sum by
+        world_size / pairs-in-the-step: the average is then the sum over the step's pairs divided
+        by their number, as in one process. Every rank runs the same collectives whatever its
+        data: a non-finite loss still goes backward (masked; the step is then skipped on all
+        ranks), and a rank with no pair left in a short last step sends zero gradients."""
+        mine, scale = accel.shard(items, self.place), self.place.world_size / len(items)
+        micro_batches = self._microbatches(mine) if mine else [[]]
+        sums, finite = MetricSums(), True
+        for k, micro in enumerate(micro_batches):
+            last = k == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.engine):
+                if not micro:
+                    self._backward(accel.call(self.engine, _zero_loss))
+                    continue
+                losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes)
+                ok = torch.isfinite(losses)
+                finite = finite and bool(ok.all())
+                self._backward(torch.where(ok, losses, torch.zeros_like(losses)).sum() * scale)
+                sums.merge(micro_sums)
+        return sums.summed_across(self.place), accel.all_true(finite, self.place)
 
     def _microbatches(self, items: list) -> list[list]:
         """Micro-batches of `batch_size` pairs, or, with `microbatch_tokens`, of at most that many
@@ -204,7 +283,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         # clip_grad_norm_ returns the pre-clipping norm: no second pass over the gradients.
         if self.cfg.max_grad_norm > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+            clip = self.accelerator.clip_grad_norm_ if self.accelerator else torch.nn.utils.clip_grad_norm_
+            norm = float(clip(params, self.cfg.max_grad_norm))
         else:
             norm = grad_norm(params)
         if not math.isfinite(norm):
@@ -219,18 +299,18 @@ class Trainer:
             return None
         was_training = self.model.training
         self.model.eval()
-        sums = MetricSums()
-        for start in range(0, len(self.data.eval), self.cfg.batch_size):
-            for micro in self._microbatches(self.data.eval[start : start + self.cfg.batch_size]):
+        sums, mine = MetricSums(), accel.shard(self.data.eval, self.place)
+        for start in range(0, len(mine), self.cfg.batch_size):
+            for micro in self._microbatches(mine[start : start + self.cfg.batch_size]):
                 _, micro_sums = self._loss(micro, self.ref_eval, self.data.eval_votes)
                 sums.merge(micro_sums)
         self.model.train(was_training)
-        return {"step": step, "split": "eval", **sums.means()}
+        return {"step": step, "split": "eval", **sums.summed_across(self.place).means()}
 
     # -- the run ------------------------------------------------------------------------
     def identity(self) -> dict:
         if self._identity is None:
-            self._identity = rundir.run_identity(self.cfg, self.data)
+            self._identity = rundir.run_identity(self.cfg, self.data, pairs_per_step=self.order.per_step)
         return self._identity
 
     def resume_from(self, path: Path, force: bool = False) -> int:
@@ -250,22 +330,30 @@ class Trainer:
         return found.state["step"]
 
     def save(self, step: int) -> None:
-        state = {"skipped_steps": self.skipped_steps, "total_steps": self.total_steps, **self.identity()}
-        ckpt.save_checkpoint(
-            self.run_dir, step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-            scheduler=self.scheduler, state=state, cfg=self.cfg,
-        )
-        ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+        """Rank 0 writes (under DDP every rank holds the same weights and optimizer state)."""
+        if self.place.is_main:
+            state = {"skipped_steps": self.skipped_steps, "total_steps": self.total_steps, **self.identity()}
+            ckpt.save_checkpoint(
+                self.run_dir, step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+                scheduler=self.scheduler, state=state, cfg=self.cfg,
+            )
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+        accel.barrier(self.place)
 
     def fit(self, resume=None, force: bool = False) -> TrainResult:
         """Train to the end. `resume`: "latest" or a checkpoint path; `force`: see dpokit.train.rundir."""
-        cfg = self.cfg
-        path = rundir.prepare_run_dir(cfg, resume=resume, force=force, log=self.log)
+        cfg, main = self.cfg, self.place.is_main
+        # Rank 0 tidies the run directory; the others then only look up the checkpoint.
+        path = rundir.prepare_run_dir(cfg, resume=resume, force=force, log=self.log) if main else None
+        accel.barrier(self.place)
+        if not main and resume:
+            path = rundir.find_checkpoint(self.run_dir, resume)
         start = self.resume_from(path, force) if path else 0
-        save_config(cfg, self.run_dir / "config.yaml")
-        (self.run_dir / "data_report.json").write_text(json.dumps(self.data.report, indent=2))
-        writer = MetricsWriter(self.run_dir, resume_step=start if path else None)
-        bar = tqdm(total=self.total_steps, initial=start, desc=cfg.objective, disable=not cfg.progress, dynamic_ncols=True)
+        if main:
+            save_config(cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "data_report.json").write_text(json.dumps(self.data.report, indent=2))
+        writer = MetricsWriter(self.run_dir, resume_step=start if path else None) if main else _NoWriter()
+        bar = tqdm(total=self.total_steps, initial=start, desc=cfg.objective, disable=not (cfg.progress and main), dynamic_ncols=True)
         began = time.time()
         try:
             last_train, last_eval = self._run_steps(start, writer, bar)
@@ -273,7 +361,8 @@ class Trainer:
             if last_eval:
                 writer.write(last_eval)
         except TrainingDiverged as e:
-            self._write_summary(self._summary(self._last_train, None, time.time() - began, stopped=str(e)))
+            if main:
+                self._write_summary(self._summary(self._last_train, None, time.time() - began, stopped=str(e)))
             raise
         finally:
             bar.close()
@@ -328,11 +417,14 @@ class Trainer:
 
     def _finish(self, last_train: dict, last_eval: dict | None, elapsed: float) -> TrainResult:
         summary = self._summary(last_train, last_eval, elapsed)
-        if self.skipped_steps:
-            self.log(f"warning: {self.skipped_steps} step(s) skipped for non-finite loss/gradient")
-        text = self._write_summary(summary)
-        final = ckpt.save_final_model(self.model, self.tokenizer, self.run_dir / "final", self.cfg, {"train_summary.json": text})
-        self.log(f"saved {final}")
+        final = self.run_dir / "final"
+        if self.place.is_main:
+            if self.skipped_steps:
+                self.log(f"warning: {self.skipped_steps} step(s) skipped for non-finite loss/gradient")
+            text = self._write_summary(summary)
+            final = ckpt.save_final_model(self.model, self.tokenizer, final, self.cfg, {"train_summary.json": text})
+            self.log(f"saved {final}")
+        accel.barrier(self.place)
         return TrainResult(self.model, self.tokenizer, self.run_dir, final, summary)
 
 
@@ -342,6 +434,7 @@ def train(cfg: TrainConfig, *, resume=None, force: bool = False, model=None, tok
     `resume`: "latest" or a checkpoint path. `force`: resume despite changed data/config, or
     start afresh over a previous run in output_dir (see dpokit.train.rundir)."""
     validate_train_config(cfg)
-    rundir.prepare_run_dir(cfg, resume=resume, force=force, log=log)  # refuse before minutes of loading
+    if accel.current().is_main:  # the other ranks wait for rank 0 in Trainer.fit
+        rundir.prepare_run_dir(cfg, resume=resume, force=force, log=log)  # refuse before minutes of loading
     trainer = Trainer(cfg, model=model, tokenizer=tokenizer, data=data, log=log)
     return trainer.fit(resume=resume, force=force)

@@ -17,9 +17,15 @@ from pathlib import Path
 import torch
 
 
+# Every name MetricSums.add_pairs can fill (summed across ranks in this order).
+PAIR_METRICS = (
+    "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
+)
+
+
 class MetricSums:
     """Pair-weighted running sums, so a step's metrics are exact means over its pairs however
-    the pairs were split into micro-batches."""
+    the pairs were split into micro-batches (or across data-parallel ranks: `summed_across`)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -48,6 +54,20 @@ class MetricSums:
         for name, value in other.sums.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.pairs += other.pairs
+
+    def summed_across(self, placement) -> "MetricSums":
+        """The sums over every rank's pairs (self in one process): one all-reduce per step."""
+        if placement.world_size == 1:
+            return self
+        from dpokit import accel
+
+        k = len(PAIR_METRICS)
+        local = [self.sums.get(n, 0.0) for n in PAIR_METRICS] + [float(n in self.sums) for n in PAIR_METRICS] + [self.pairs]
+        total = accel.sum_across(torch.tensor(local, dtype=torch.float64), placement).tolist()
+        out = MetricSums()
+        out.sums = {n: total[i] for i, n in enumerate(PAIR_METRICS) if total[k + i] > 0}
+        out.pairs = int(total[-1])
+        return out
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.pairs, 1) for k, v in self.sums.items()}

@@ -39,8 +39,11 @@ from dpokit.train.checkpoint import PREFIX, CheckpointError, list_checkpoints
 NON_TRAJECTORY_KEYS = frozenset({
     "output_dir", "cache_dir", "progress", "log_every", "eval_every", "save_every", "keep_checkpoints",
     "tune_malloc", "max_consecutive_skips", "gradient_checkpointing",
+    "mixed_precision",  # resolved into autocast_bf16, which is compared
     "data", "split", "eval_data", "eval_fraction", "on_malformed", "max_length", "max_prompt_length", "prompt_overflow",
 })
+# How a step's pairs are split into micro-batches and ranks (run_identity keeps their product).
+MICRO_BATCHING_KEYS = frozenset({"batch_size", "grad_accum", "microbatch_tokens"})
 TEMP_DIR = re.compile(r"^\.(?P<name>checkpoint-\d+|final)\.(?P<kind>tmp|old|del)-(?P<pid>\d+)$")
 OWNED_DIR = re.compile(rf"^(final|{PREFIX}\d+)$")
 
@@ -140,9 +143,12 @@ def prepare_run_dir(cfg, *, resume=None, force: bool = False, log=print) -> Path
 
 
 # -- what a resume must match -----------------------------------------------------------------
-def run_identity(cfg, data) -> dict:
+def run_identity(cfg, data, *, pairs_per_step: int | None = None) -> dict:
     """Fingerprints stored in state.json: the training data as the loop sees it (tokens, list
-    order, which fixes the step order, and votes) and the trajectory-shaping config."""
+    order, which fixes the step order, and votes) and the trajectory-shaping config. The batch
+    enters as the pairs of one optimizer step over all ranks, not as batch_size × grad_accum on
+    each: a run resumes on another number of processes, or with another micro-batching, when
+    its steps still take the same pairs."""
     from dpokit.models import new_hasher
     from dpokit.reference import data_fingerprint
 
@@ -150,7 +156,8 @@ def run_identity(cfg, data) -> dict:
     hasher.update(data_fingerprint(data.train).encode())
     hasher.update(json.dumps([p.index for p in data.train]).encode())
     hasher.update(json.dumps(sorted((int(k), list(v)) for k, v in data.train_votes.items())).encode())
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_TRAJECTORY_KEYS}
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_TRAJECTORY_KEYS | MICRO_BATCHING_KEYS}
+    config["pairs_per_step"] = pairs_per_step or cfg.batch_size * cfg.grad_accum
     # Through JSON, so it compares equal to what state.json gives back.
     return {"data_fingerprint": hasher.hexdigest(), "train_pairs": len(data.train), "config": json.loads(json.dumps(config))}
 

@@ -7,10 +7,9 @@ order, accumulation, optimizer, logging and checkpoints.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
+from dpokit import accel
 from dpokit.data.collate import TokenizedPair, collate_pairs
 from dpokit.logprobs import batch_logps
 from dpokit.losses import get_loss, nll_loss
@@ -18,9 +17,8 @@ from dpokit.train.metrics import MetricSums
 
 
 def autocast_context(cfg):
-    if cfg.autocast_bf16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast on this process's device when the (resolved) config asks for it."""
+    return accel.autocast(cfg.autocast_bf16)
 
 
 def policy_pair_logps(model, items: list[TokenizedPair], pad_id: int, cfg):
@@ -33,8 +31,13 @@ def policy_pair_logps(model, items: list[TokenizedPair], pad_id: int, cfg):
         from dpokit.packing import pairs_logps
 
         return pairs_logps(model, items, pad_id, cfg.pack_tokens, cfg.chunk_size)
-    out = batch_logps(model, collate_pairs(items, pad_id), chunk_size=cfg.chunk_size)
+    out = batch_logps(model, _on_model_device(model, collate_pairs(items, pad_id)), chunk_size=cfg.chunk_size)
     return out.split_pairs()
+
+
+def _on_model_device(model, batch: dict) -> dict:
+    device = next(model.parameters()).device
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def processed_tokens(items: list[TokenizedPair], cfg, *, pairs: bool = True) -> int:
@@ -67,7 +70,7 @@ def pairwise_step(model, reference, items, pad_id, cfg, *, votes=None) -> tuple[
     loss gets the policy's log-probs only, per-token means unless `average_logps` says no."""
     spec = get_loss(cfg.loss)
     with autocast_context(cfg):
-        pc, pr, nc, nr = policy_pair_logps(model, items, pad_id, cfg)
+        pc, pr, nc, nr = accel.call(model, policy_pair_logps, items, pad_id, cfg)
     average = spec.average_logps if cfg.average_logps is None else cfg.average_logps
     # per-token mean log-probs (IPO's, SimPO's, ORPO's default) or sums
     logps = [pc / nc, pr / nr] if average else [pc, pr]
@@ -101,11 +104,16 @@ def _loss_kwargs(spec, cfg, items, votes) -> dict:
 def sft_step(model, items, pad_id, cfg) -> tuple[torch.Tensor, MetricSums]:
     """Preferred-FT: per-token NLL of the chosen completion, per pair (B,)."""
     with autocast_context(cfg):
-        out = batch_logps(model, collate_pairs(items, pad_id, include_rejected=False), chunk_size=cfg.chunk_size)
+        out = accel.call(model, _chosen_logps, items, pad_id, cfg)
     losses = nll_loss(out.logps, out.counts)
     sums = MetricSums()
     sums.add_pairs(losses, chosen_logps=out.logps.detach())
     return losses, sums
+
+
+def _chosen_logps(model, items, pad_id, cfg):
+    batch = _on_model_device(model, collate_pairs(items, pad_id, include_rejected=False))
+    return batch_logps(model, batch, chunk_size=cfg.chunk_size)
 
 
 def reward_model_step(model, items, pad_id, cfg) -> tuple[torch.Tensor, MetricSums]:
@@ -116,7 +124,7 @@ def reward_model_step(model, items, pad_id, cfg) -> tuple[torch.Tensor, MetricSu
     from dpokit.rlhf.reward_model import pair_rewards
 
     with autocast_context(cfg):
-        chosen, rejected = pair_rewards(model, items, pad_id, cfg.pack_tokens if cfg.packing else 0)
+        chosen, rejected = accel.call(model, pair_rewards, items, pad_id, cfg.pack_tokens if cfg.packing else 0)
     losses, _ = bradley_terry_loss(chosen, rejected)
     sums = MetricSums()
     sums.add_pairs(losses, chosen.detach(), rejected.detach())
