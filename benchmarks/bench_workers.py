@@ -260,6 +260,7 @@ def run_logprob_check(spec: dict) -> dict:
     from dpokit.config import TrainConfig
     from dpokit.data.collate import resolve_pad_id
     from dpokit.models import load_model
+    from dpokit import accel
     from dpokit.train.step import policy_pair_logps
 
     model, tok = load_model(model_path(spec), dtype="float32")
@@ -270,7 +271,7 @@ def run_logprob_check(spec: dict) -> dict:
         cfg = TrainConfig(autocast_bf16=bf16)
         chosen, rejected = [], []
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), accel.autocast(bf16):
             for i in range(0, len(items), spec["batch"]):
                 pc, pr, _, _ = policy_pair_logps(model, items[i : i + spec["batch"]], pad_id, cfg)
                 chosen.append(pc.float())

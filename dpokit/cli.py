@@ -152,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DATA_PARALLEL_COMMANDS = ("sft", "dpo", "rm", "audit")
+
+
+def _refuse_data_parallel(command: str) -> None:
+    """Under a multi-process launch only the training loop splits its work across ranks; any
+    other command would run N identical copies writing the same files."""
+    from dpokit import accel
+
+    n = accel.launched_processes()
+    if n > 1 and command not in DATA_PARALLEL_COMMANDS:
+        raise ConfigError(f"`dpokit {command}` runs in one process; it was launched as {n} processes "
+                          f"(data parallel: {', '.join(c for c in DATA_PARALLEL_COMMANDS if c != 'audit')})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before or after flags (`run sentiment --quick beta=0.1`).
@@ -162,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
+        _refuse_data_parallel(args.command)
         if args.command in ("sft", "dpo", "rm"):
             return _train_command(args, args.command)
         if args.command in ("ppo", "rloo"):

@@ -224,14 +224,15 @@ def load_model(
     *,
     dtype: str | torch.dtype = "float32",
     lora: LoraSettings | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ):
     """(model, tokenizer) for `name`, with SDPA attention, in eval mode.
 
     With `lora` enabled (`r > 0`) the model comes back wrapped by peft with fresh LoRA layers
     on `lora.target_modules` (only those train). If `name` is a peft adapter directory
     (`save_model` of a LoRA model) its base model is loaded and the adapter applied; the
-    adapter is trainable only when `lora` is enabled (resuming LoRA training)."""
+    adapter is trainable only when `lora` is enabled (resuming LoRA training). `device`: this
+    process's device (dpokit.accel) unless given."""
     from transformers import AutoModelForCausalLM
 
     torch_dtype = _torch_dtype(dtype)
@@ -248,6 +249,10 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
         if lora is not None and lora.enabled:
             model = apply_lora(model, lora)
+    if device is None:
+        from dpokit import accel
+
+        device = accel.current().device
     return model.to(device).eval(), tokenizer
 
 
@@ -322,7 +327,7 @@ def model_fingerprint(model, *, include_adapter: bool = False) -> str:
         entries.append((kind, name if include_adapter else _base_name(name), tensor))
     for kind, name, tensor in sorted(entries, key=lambda e: (e[0], e[1])):
         hasher.update(f"{kind}:{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
         # A uint8 view works for every dtype (numpy has no bfloat16) and copies nothing.
         hasher.update(memoryview(flat.view(torch.uint8).numpy()))
     return hasher.hexdigest()

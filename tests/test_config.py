@@ -234,6 +234,8 @@ def test_an_installed_wheel_finds_its_recipes(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, check=True).stdout.split()
     assert out == [str(tmp_path / "site" / "dpokit" / "__init__.py"), "240"]
+    shipped = tmp_path / "site" / "dpokit" / "configs" / "accelerate"
+    assert {p.name for p in shipped.glob("*.yaml")} >= {"multi_gpu.yaml", "fsdp.yaml", "deepspeed_zero3_offload.yaml"}
 
 
 # --- one LoRA settings type -----------------------------------------------------------------------

@@ -173,3 +173,48 @@ def test_two_processes_match_one_process_with_the_global_batch(tiny_lm, tmp_path
     (resumed / "train_summary.json").unlink()
     _run(["dpo", *common, f"output_dir={resumed}", "batch_size=2", "grad_accum=2", "--resume"], tmp_path, 1)
     assert _max_weight_diff(tmp_path / "one", resumed) < 1e-4
+
+
+@pytest.mark.parametrize("command, options, weights, started_at_zero", [
+    ("dpo", ["lora.r=4", "reference=adapter"], "adapter_model.safetensors", "lora_B"),  # LoRA: only the adapter trains
+    ("rm", ["head_lr=1e-2"], "model.safetensors", "score"),  # the Bradley–Terry reward model, head in its own group
+])
+def test_lora_and_reward_model_under_ddp_match_one_process(tiny_lm, tmp_path, command, options, weights, started_at_zero):
+    """Same comparison as above for LoRA (frozen base, adapter reference) and for the reward
+    model; final trained weights within the same float-summation tolerance."""
+    root, train, evals = tiny_lm
+    common = [f"model={root / 'lm'}", f"data={train}", f"eval_data={evals}", "epochs=1", "lr=1e-3", "progress=false",
+              "tune_malloc=false", f"cache_dir={tmp_path / 'cache'}", *options]
+    _run([command, *common, f"output_dir={tmp_path / 'one'}", "batch_size=4"], tmp_path, 1)
+    _run([command, *common, f"output_dir={tmp_path / 'two'}", "batch_size=2"], tmp_path, 2)
+    for a, b in zip(_train_records(tmp_path / "one"), _train_records(tmp_path / "two")):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+    wa, wb = (load_file(tmp_path / run / "final" / weights) for run in ("one", "two"))
+    assert wa.keys() == wb.keys() and len(wa) > 0
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+    # Weights that start at zero (LoRA's B, the reward head) moved far beyond that tolerance.
+    assert max(float(wa[k].abs().max()) for k in wa if started_at_zero in k) > 1e-3
+
+
+@pytest.mark.parametrize("argv", [["ppo"], ["rloo"], ["run", "sentiment", "--quick"], ["demo"],
+                                  ["score", "--model", "m", "--ref", "r", "--data", "d", "--out", "o"]])
+def test_commands_that_run_in_one_process_refuse_a_multi_process_launch(argv, monkeypatch, capsys):
+    from dpokit.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "runs in one process; it was launched as 2 processes" in err
+
+
+def test_what_the_trainer_refuses_under_several_processes():
+    from dpokit.train.loop import check_data_parallel
+
+    cpu = torch.device("cpu")
+    check_data_parallel(TrainConfig(optimizer_in_backward=True), accel.Placement(cpu))  # one process: fine
+    check_data_parallel(TrainConfig(), accel.Placement(cpu, 0, 2, "MULTI_CPU"))
+    with pytest.raises(ConfigError, match="optimizer_in_backward"):
+        check_data_parallel(TrainConfig(optimizer_in_backward=True), accel.Placement(cpu, 1, 2, "MULTI_CPU"))
+    for kind in ("FSDP", "DEEPSPEED"):
+        with pytest.raises(ConfigError, match=f"{kind} engine.*launch with a DDP config"):
+            check_data_parallel(TrainConfig(), accel.Placement(cpu, 0, 8, kind))

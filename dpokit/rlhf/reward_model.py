@@ -63,7 +63,7 @@ def build_reward_model(name: str | os.PathLike, *, dtype: str | torch.dtype = "f
     if zero_head:
         torch.nn.init.zeros_(backbone_and_head(model)[1].weight)
     log.info("reward model %s on the backbone of %s", type(model).__name__, path)
-    return (model if device is None else model.to(device)).eval(), tokenizer  # None: where transformers put it
+    return _placed(model, device).eval(), tokenizer
 
 
 def _check_reward_config(config, where: str) -> None:
@@ -88,7 +88,16 @@ def load_reward_model(path: str | os.PathLike, *, dtype: str | torch.dtype = "fl
     path = resolve_model_path(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=_torch_dtype(dtype), attn_implementation="sdpa")
     _check_reward_config(model.config, str(path))
-    return (model if device is None else model.to(device)).eval(), load_tokenizer(path)
+    return _placed(model, device).eval(), load_tokenizer(path)
+
+
+def _placed(model, device):
+    """`model` on `device`, or on this process's device (dpokit.accel) when None."""
+    if device is None:
+        from dpokit import accel
+
+        device = accel.current().device
+    return model.to(device)
 
 
 # ---------------------------------------------------------------------------------------------
