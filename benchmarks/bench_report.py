@@ -41,6 +41,10 @@ def enrich(merged: dict, peak_gflops: float, epoch_pairs: int) -> dict:
                 entry[f"amortised_ratio_to_{b.replace('-', '_')}"] = _ratio(
                     entry["amortised_pairs_per_s"], amortised_pairs_per_s(merged[b], epoch_pairs)
                 )
+        lora_base = merged.get("trl-lora", {})
+        if entry.get("lora") and "pairs_per_s" in lora_base:  # LoRA against LoRA
+            entry["ratio_to_trl_lora"] = _ratio(entry["pairs_per_s"], lora_base["pairs_per_s"])
+            entry["rss_ratio_to_trl_lora"] = _ratio(entry["peak_rss_mb"], lora_base["peak_rss_mb"])
         entry["useful_gflops"] = useful_gflops(entry, entry["params_total"])
         entry["useful_gflops_non_embedding"] = useful_gflops(entry, entry["params_non_embedding"])
         entry["fraction_of_matmul_peak"] = entry["useful_gflops"] / peak_gflops
@@ -94,6 +98,9 @@ def format_comparison(report: dict) -> str:
         f"matmul peak: fp32 {mm['size']}x{mm['size']}: {mm['gflops_before']:.1f} GFLOP/s before, "
         f"{mm['gflops_after']:.1f} after; the table uses {mm['gflops_peak']:.1f}"
     )
+    for name, e in report["configurations"].items():
+        if e.get("ratio_to_trl_lora") is not None and name != "trl-lora":
+            lines.append(f"{name}: {e['ratio_to_trl_lora']:.2f}× TRL-LoRA's pairs/s at {e['rss_ratio_to_trl_lora']:.2f}× its peak RSS")
     check = report.get("bf16_logprobs")
     if check and "max_abs_diff" in check:
         lines.append(

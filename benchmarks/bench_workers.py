@@ -47,10 +47,11 @@ def model_path(spec: dict) -> str:
 
 
 def param_counts(model) -> dict:
-    """All parameters (tied embedding once) and those outside the input embedding."""
+    """All parameters (tied embedding once), those outside the input embedding, those trained."""
     total = sum(p.numel() for p in model.parameters())
     embed = model.get_input_embeddings().weight.numel()
-    return {"params_total": total, "params_non_embedding": total - embed}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params_total": total, "params_non_embedding": total - embed, "params_trainable": trainable}
 
 
 def bench_records(spec: dict, tokenizer) -> list[dict]:
@@ -118,6 +119,10 @@ def run_dpokit(spec: dict) -> dict:
 
     torch.manual_seed(spec["seed"])
     model, tok = load_model(model_path(spec), dtype="float32")
+    if spec.get("lora"):
+        from dpokit.models import apply_lora
+
+        model = apply_lora(model, _lora_settings(spec["lora"]))
     rss_loaded = current_rss_mb()
     pad_id = resolve_pad_id(tok)
     if spec.get("synthetic"):  # scaling mode: exact lengths, content irrelevant
@@ -130,7 +135,9 @@ def run_dpokit(spec: dict) -> dict:
     else:
         items = tokenize_records(bench_records(spec, tok), tok)
     work = Path(spec["work_dir"])
+    lora = {"lora": _lora_settings(spec["lora"])} if spec.get("lora") else {}
     cfg = TrainConfig(
+        **lora,
         output_dir=str(work / f"run-{spec['name']}"), cache_dir=str(work / f"cache-{spec['name']}"),
         batch_size=spec["batch"], max_steps=spec["warmup"] + spec["steps"], progress=False, seed=spec["seed"],
         eval_fraction=0.0, max_length=4096, max_prompt_length=2048, lr=spec["lr"], **spec.get("options", {}),
@@ -151,6 +158,12 @@ def run_dpokit(spec: dict) -> dict:
     out.update(rss_after_model_load_mb=rss_loaded, rss_after_steps_mb=current_rss_mb())
     out.update(param_counts(model))
     return out
+
+
+def _lora_settings(lora: dict):
+    from dpokit.config import LoraConfig
+
+    return LoraConfig(r=lora["r"], alpha=lora["alpha"], target_modules=lora["target_modules"])
 
 
 def _maybe_compile(model, spec: dict) -> bool:
@@ -221,7 +234,14 @@ def run_trl(spec: dict) -> dict:
     start = time.perf_counter()
     # The model by path, as TRL's users do: TRL loads the policy (and, unless precomputing,
     # a second copy as the reference) in fp32, its default.
-    trainer = DPOTrainer(model=path, args=args, train_dataset=Dataset.from_list(records), processing_class=tok, callbacks=[step_clock(stamps)])
+    peft_config = None
+    if spec.get("lora"):
+        from peft import LoraConfig
+
+        lora = spec["lora"]
+        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["target_modules"], lora_dropout=0.0, task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=path, args=args, train_dataset=Dataset.from_list(records), processing_class=tok,
+                         callbacks=[step_clock(stamps)], peft_config=peft_config)
     setup = time.perf_counter() - start
     trainer.train()
     times = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -300,5 +320,5 @@ def main(spec_path: str, result_path: str) -> None:
         spec.setdefault("work_dir", tmp)
         run = {"dpokit": run_dpokit, "trl": run_trl, "logprobs": run_logprob_check}[spec["engine"]]
         result = run(spec)
-    result.update(name=spec["name"], engine=spec["engine"], options=spec.get("options", {}), batch=spec["batch"], steps=spec.get("steps"))
+    result.update(name=spec["name"], engine=spec["engine"], options=spec.get("options", {}), batch=spec["batch"], steps=spec.get("steps"), lora=spec.get("lora"))
     Path(result_path).write_text(json.dumps(result))

@@ -46,7 +46,8 @@ CONFIGS = {
     # the two rows also show the run-to-run spread.
     "dpokit-best": ("dpokit", {}),
 }
-# Optional extras (`--extras`): bf16 autocast and torch.compile, both on dpokit defaults.
+LORA = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+# Optional extras (`--extras`): bf16 autocast, torch.compile, low-memory settings, LoRA.
 EXTRAS = {
     "dpokit-bf16": ("dpokit", {"autocast_bf16": True}, {}),
     # Memory: each parameter updated in backward (no resident gradients; no global clipping).
@@ -59,6 +60,11 @@ EXTRAS = {
         {},
     ),
     "dpokit-compile": ("dpokit", {}, {"compile": True}),
+    # LoRA, the same peft settings for both engines (r=16, alpha 32, attention and MLP
+    # projections); TRL's reference is then the adapter switched off, as dpokit's cached one is
+    # computed from the base model once. Compared with each other: ratios "× TRL-LoRA".
+    "trl-lora": ("trl", {}, {"lora": LORA}),
+    "dpokit-lora": ("dpokit", {}, {"lora": LORA}),
 }
 
 

@@ -71,3 +71,18 @@ def test_quick_scaling_table(tmp_path):
         assert _positive_finite(point["pairs_per_s"]) and _positive_finite(point["peak_rss_mb"]), point
     assert "| L |" in report["markdown"] and "| batch |" in report["markdown"]
     assert json.loads(out.read_text())["length_sweep"][0]["x"] == 16
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl not installed (optional bench extra)")
+def test_quick_lora_pair_compares_lora_with_lora(tmp_path):
+    report = _run(tmp_path, "--configs", "--extras", "trl-lora", "dpokit-lora")
+    configs = report["configurations"]
+    assert set(configs) == {"trl-lora", "dpokit-lora"}
+    for name, entry in configs.items():
+        assert "error" not in entry, entry.get("error")
+        assert entry["lora"]["r"] == 16
+        # Only the adapter trains, in both engines: the same number of trainable parameters.
+        assert 0 < entry["params_trainable"] < entry["params_total"], (name, entry["params_trainable"])
+    assert configs["dpokit-lora"]["params_trainable"] == configs["trl-lora"]["params_trainable"]
+    assert _positive_finite(configs["dpokit-lora"]["ratio_to_trl_lora"])
+    assert configs["trl-lora"]["ratio_to_trl_lora"] == pytest.approx(1.0)
