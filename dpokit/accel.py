@@ -154,5 +154,10 @@ def make_accelerator():
     """accelerate's Accelerator for a data-parallel run (reads the launch config: DDP, FSDP,
     DeepSpeed). Single-process runs do not need one: the model is moved to the device only."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    # No buffer broadcast in forward: it is a collective in every DDP forward, so ranks with
+    # different numbers of micro-batches (or of evaluation batches) would wait on each other
+    # forever. The buffers of these models (rotary frequencies) are the same on every rank.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])

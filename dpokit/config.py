@@ -117,7 +117,9 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     # --- what to train -------------------------------------------------------------
-    objective: str = "dpo"  # dpo (any pairwise loss below) | sft (NLL on the chosen completion) | rm (Bradley–Terry reward model)
+    # dpo (any pairwise loss below) | sft (NLL on the chosen completion) | rm (Bradley–Terry reward
+    # model) | kto (unpaired desirable/undesirable completions, dpokit.data.unpaired)
+    objective: str = "dpo"
     model: str = "smollm2-135m-instruct"  # local dir, locally cached hub id, or the bundled alias
     ref_model: str | None = None  # reference policy; None = the starting model
     dtype: str = "float32"  # float32 | bfloat16 (weights)
@@ -144,6 +146,9 @@ class TrainConfig:
     rpo_alpha: float = ranged(0.0, ge=0)  # weight of NLL(chosen)/|chosen| added to the pairwise loss (RPO)
     simpo_gamma: float = ranged(0.5)  # SimPO target margin γ in −log σ(βℓc − βℓr − γ); paper: β≈2–2.5, γ/β≈0.5
     orpo_lambda: float = ranged(0.1, ge=0)  # ORPO weight λ of the odds-ratio term beside NLL(chosen)/|chosen| (0.1–0.25)
+    # KTO's λ_D / λ_U (eq. 8 asks 1 ≤ λ_D·n_D / (λ_U·n_U) ≤ 4/3; checked and reported at start)
+    kto_desirable_weight: float = ranged(1.0, gt=0)
+    kto_undesirable_weight: float = ranged(1.0, gt=0)
     reference: str = "cached"  # cached (on disk) | copy (frozen copy) | adapter (LoRA disabled)
     # --- optimisation ----------------------------------------------------------------
     optimizer: str = "adamw"  # adamw | adamw8bit (moments in 8 bits, torchao; no checkpoints yet) | rmsprop
@@ -396,7 +401,7 @@ def save_config(cfg, path: str | Path) -> None:
 # Rules across keys
 
 _CHOICES = {
-    "objective": ("dpo", "sft", "rm"),
+    "objective": ("dpo", "sft", "rm", "kto"),
     "dtype": ("float32", "bfloat16"),
     "mixed_precision": ("auto", "no", "bf16"),
     "on_malformed": ("raise", "skip"),
@@ -446,6 +451,8 @@ def _check_combinations(cfg: TrainConfig) -> None:
         raise ConfigError("optimizer=adamw8bit: checkpoints of 8-bit optimizer state are not supported yet; set save_every=0")
     if cfg.head_lr > 0 and cfg.optimizer_in_backward:
         raise ConfigError("head_lr needs a second parameter group: not with optimizer_in_backward")
+    if cfg.objective == "kto" and cfg.loss != "dpo":
+        raise ConfigError(f"objective=kto has its own loss (KTO); loss={cfg.loss} applies to objective=dpo")
     if cfg.objective == "rm" and cfg.lora.r > 0:
         raise ConfigError("objective=rm trains the full reward model: LoRA (lora.r > 0) is not supported for it yet")
     if cfg.reference == "adapter" and cfg.lora.r <= 0:

@@ -34,7 +34,7 @@ from dpokit.train.backward_step import BackwardStepper
 from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm, json_safe
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.prepare import PreparedData, build_reference, prepare_data
-from dpokit.train.step import pairwise_step, processed_tokens, reward_model_step, sft_step
+from dpokit.train.step import kto_logratios, kto_step, pairwise_step, processed_tokens, reward_model_step, sft_step
 
 
 class _NoWriter:
@@ -158,9 +158,11 @@ class Trainer:
             model, tokenizer = load_trainable_model(cfg)
         self.model, self.tokenizer = model.to(self.place.device), tokenizer
         self.pad_id = resolve_pad_id(tokenizer)
-        self.pairwise = cfg.objective == "dpo"
         self.ref_train = self.ref_eval = None
-        if self.pairwise:
+        self._z0 = None  # objective=kto: the reference point of the step being taken
+        if cfg.objective == "kto":
+            self._check_kto_weights()
+        if cfg.objective in ("dpo", "kto"):
             self.ref_train, self.ref_eval = build_reference(cfg, model, self.data, self.pad_id, log)
         if cfg.gradient_checkpointing:
             # Non-reentrant: works with frozen inputs and with the per-parameter hooks below.
@@ -181,12 +183,17 @@ class Trainer:
         self._identity, self._last_train = None, {}
 
     # -- one optimizer step -------------------------------------------------------------
-    def _loss(self, items, reference, votes):
-        if self.pairwise:
-            return pairwise_step(self.engine, reference, items, self.pad_id, self.cfg, votes=votes)
+    def _loss(self, items, reference, votes, labels=None, model=None):
+        """Losses and metric sums of one micro-batch; `model`: the engine's wrapper (default,
+        for passes with gradients) or the bare policy (passes without: no engine collectives)."""
+        model = self.engine if model is None else model
+        if self.cfg.objective == "dpo":
+            return pairwise_step(model, reference, items, self.pad_id, self.cfg, votes=votes)
+        if self.cfg.objective == "kto":
+            return kto_step(model, reference, items, self.pad_id, self.cfg, labels=labels, z0=self._z0)
         if self.cfg.objective == "rm":
-            return reward_model_step(self.engine, items, self.pad_id, self.cfg)
-        return sft_step(self.engine, items, self.pad_id, self.cfg)
+            return reward_model_step(model, items, self.pad_id, self.cfg)
+        return sft_step(model, items, self.pad_id, self.cfg)
 
     def train_step(self, step: int) -> dict:
         cfg = self.cfg
@@ -218,9 +225,10 @@ class Trainer:
 
     def _backward_all(self, items: list) -> tuple[MetricSums, bool]:
         """One process: every micro-batch's loss backward, scaled by the pairs of the step."""
-        sums = MetricSums()
-        for micro in self._microbatches(items):
-            losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes)
+        sums, micro_batches = MetricSums(), self._microbatches(items)
+        self._z0 = self._kto_reference_point(micro_batches, self.ref_train)
+        for micro in micro_batches:
+            losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes, self.data.train_labels)
             if not torch.isfinite(losses).all():
                 return sums, False
             # Sum over the micro-batch / pairs in the step: accumulation k×b equals one batch of k·b.
@@ -237,6 +245,7 @@ class Trainer:
         ranks), and a rank with no pair left in a short last step sends zero gradients."""
         mine, scale = accel.shard(items, self.place), self.place.world_size / len(items)
         micro_batches = self._microbatches(mine) if mine else [[]]
+        self._z0 = self._kto_reference_point(micro_batches, self.ref_train)
         sums, finite = MetricSums(), True
         for k, micro in enumerate(micro_batches):
             last = k == len(micro_batches) - 1
@@ -244,12 +253,40 @@ class Trainer:
                 if not micro:
                     self._backward(accel.call(self.engine, _zero_loss))
                     continue
-                losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes)
+                losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes, self.data.train_labels)
                 ok = torch.isfinite(losses)
                 finite = finite and bool(ok.all())
                 self._backward(torch.where(ok, losses, torch.zeros_like(losses)).sum() * scale)
                 sums.merge(micro_sums)
         return sums.summed_across(self.place), accel.all_true(finite, self.place)
+
+    @torch.no_grad()
+    def _kto_reference_point(self, micro_batches: list[list], reference, always: bool = False):
+        """objective=kto: z0 of the step (dpokit.losses_unpaired), over the mismatched pairs of
+        every micro-batch on every rank, summed before dividing: a pass without gradients
+        first. None where one micro-batch in one process is the whole step (unless `always`):
+        the loss then takes z0 from its own forward, the same number at no extra cost."""
+        if self.cfg.objective != "kto" or (len(micro_batches) == 1 and self.place.world_size == 1 and not always):
+            return None
+        from dpokit.losses_unpaired import kto_reference_point
+
+        total = torch.zeros(2, dtype=torch.float64)
+        for micro in micro_batches:
+            if micro:
+                mismatched = kto_logratios(self.model, reference, micro, self.pad_id, self.cfg)[1]
+                total += torch.tensor([float(mismatched.sum()), len(micro)], dtype=torch.float64)
+        total = accel.sum_across(total, self.place)
+        return kto_reference_point(float(total[0]), int(total[1]))
+
+    def _check_kto_weights(self) -> None:
+        """Ethayarajh et al. 2024, eq. 8, on the training labels: a warning, not an error."""
+        from dpokit.losses_unpaired import check_kto_weights
+
+        n_good = sum(self.data.train_labels.values())
+        n_bad = len(self.data.train_labels) - n_good
+        problem = check_kto_weights(n_good, n_bad, self.cfg.kto_desirable_weight, self.cfg.kto_undesirable_weight)
+        self.log(f"KTO: {n_good} desirable / {n_bad} undesirable training examples"
+                 + (f"; warning: {problem}" if problem else "; weights within eq. 8's range"))
 
     def _microbatches(self, items: list) -> list[list]:
         """Micro-batches of `batch_size` pairs, or, with `microbatch_tokens`, of at most that many
@@ -300,9 +337,12 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         sums, mine = MetricSums(), accel.shard(self.data.eval, self.place)
+        # KTO: one reference point for the whole evaluation set, however it is batched.
+        batches = [mine[s : s + self.cfg.batch_size] for s in range(0, len(mine), self.cfg.batch_size)] or [[]]
+        self._z0 = self._kto_reference_point(batches, self.ref_eval, always=True)
         for start in range(0, len(mine), self.cfg.batch_size):
             for micro in self._microbatches(mine[start : start + self.cfg.batch_size]):
-                _, micro_sums = self._loss(micro, self.ref_eval, self.data.eval_votes)
+                _, micro_sums = self._loss(micro, self.ref_eval, self.data.eval_votes, self.data.eval_labels, model=self.model)
                 sums.merge(micro_sums)
         self.model.train(was_training)
         return {"step": step, "split": "eval", **sums.summed_across(self.place).means()}

@@ -17,19 +17,32 @@ from pathlib import Path
 import torch
 
 
-# Every name MetricSums.add_pairs can fill (summed across ranks in this order).
-PAIR_METRICS = (
+# Every name MetricSums can hold (summed across ranks in this order). KTO's: the implicit reward
+# β·log π/π_ref of the desirable and of the undesirable completions, and the step's reference
+# point z0 (dpokit.losses_unpaired).
+METRIC_NAMES = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
+    "rewards/desirable", "rewards/undesirable", "kto/z0",
 )
 
 
 class MetricSums:
-    """Pair-weighted running sums, so a step's metrics are exact means over its pairs however
-    the pairs were split into micro-batches (or across data-parallel ranks: `summed_across`)."""
+    """Running sums and counts per metric, so a step's metrics are exact means over its pairs
+    (or, for a metric of some of them, e.g. KTO's desirable completions, over those) however
+    the pairs were split into micro-batches or data-parallel ranks (`summed_across`)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
-        self.pairs = 0
+        self.counts: dict[str, int] = {}
+
+    @property
+    def pairs(self) -> int:
+        return self.counts.get("loss", 0)
+
+    def add(self, name: str, values) -> None:
+        """Add every element of `values` (a tensor) to metric `name`."""
+        self.sums[name] = self.sums.get(name, 0.0) + float(values.detach().float().sum())
+        self.counts[name] = self.counts.get(name, 0) + int(values.numel())
 
     def add_pairs(self, losses, chosen_rewards=None, rejected_rewards=None, chosen_logps=None, rejected_logps=None) -> None:
         values = {"loss": losses}
@@ -47,30 +60,29 @@ class MetricSums:
         if rejected_logps is not None:
             values["logps/rejected"] = rejected_logps
         for name, tensor in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(tensor.detach().float().sum())
-        self.pairs += int(losses.shape[0])
+            self.add(name, tensor)
 
     def merge(self, other: "MetricSums") -> None:
         for name, value in other.sums.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
-        self.pairs += other.pairs
+            self.counts[name] = self.counts.get(name, 0) + other.counts[name]
 
     def summed_across(self, placement) -> "MetricSums":
-        """The sums over every rank's pairs (self in one process): one all-reduce per step."""
+        """The sums and counts over every rank (self in one process): one all-reduce per step."""
         if placement.world_size == 1:
             return self
         from dpokit import accel
 
-        k = len(PAIR_METRICS)
-        local = [self.sums.get(n, 0.0) for n in PAIR_METRICS] + [float(n in self.sums) for n in PAIR_METRICS] + [self.pairs]
+        k = len(METRIC_NAMES)
+        local = [self.sums.get(n, 0.0) for n in METRIC_NAMES] + [float(self.counts.get(n, 0)) for n in METRIC_NAMES]
         total = accel.sum_across(torch.tensor(local, dtype=torch.float64), placement).tolist()
         out = MetricSums()
-        out.sums = {n: total[i] for i, n in enumerate(PAIR_METRICS) if total[k + i] > 0}
-        out.pairs = int(total[-1])
+        out.sums = {n: total[i] for i, n in enumerate(METRIC_NAMES) if total[k + i] > 0}
+        out.counts = {n: int(total[k + i]) for i, n in enumerate(METRIC_NAMES) if total[k + i] > 0}
         return out
 
     def means(self) -> dict[str, float]:
-        return {k: v / max(self.pairs, 1) for k, v in self.sums.items()}
+        return {k: v / max(self.counts[k], 1) for k, v in self.sums.items()}
 
 
 def json_safe(record: dict) -> dict:

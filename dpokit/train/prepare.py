@@ -16,6 +16,9 @@ class PreparedData:
     train_votes: dict[int, tuple[int, int]] = field(default_factory=dict)
     eval_votes: dict[int, tuple[int, int]] = field(default_factory=dict)
     report: dict = field(default_factory=dict)  # counts of skips / truncations per stage
+    # objective=kto: desirable (True) / undesirable (False) per pair index (dpokit.data.unpaired)
+    train_labels: dict[int, bool] = field(default_factory=dict)
+    eval_labels: dict[int, bool] = field(default_factory=dict)
 
 
 def tokenize_settings(cfg):
@@ -30,14 +33,40 @@ def _votes(pairs) -> dict[int, tuple[int, int]]:
     return {i: tuple(p.votes) for i, p in enumerate(pairs) if getattr(p, "votes", None)}
 
 
+def _load(cfg, path, **kwargs):
+    """Records of `path`: preference pairs, or for objective=kto labelled completions."""
+    if cfg.objective == "kto":
+        from dpokit.data.unpaired import load_labelled
+
+        return load_labelled(path, on_malformed=cfg.on_malformed, **kwargs)
+    from dpokit.data.normalize import load_pairs
+
+    return load_pairs(path, on_malformed=cfg.on_malformed, **kwargs)
+
+
+def _as_pairs(cfg, records) -> tuple[list, dict[int, bool]]:
+    """(pairs, labels by pair index): KTO's labelled completions become pairs with their
+    mismatched partners (dpokit.data.unpaired.as_pairs); pairs stay as they are."""
+    if cfg.objective != "kto" or not records:
+        return records, {}
+    from dpokit.data.records import DataError
+    from dpokit.data.unpaired import as_pairs
+
+    if len(records) < 2:
+        raise DataError(records[0].source, "objective=kto needs at least 2 records on each side of the train/eval split "
+                        "(each is paired with another record's completion to estimate KTO's reference point)")
+    pairs, desirable = as_pairs(records, cfg.seed)
+    return pairs, dict(enumerate(desirable))
+
+
 def _split(cfg, pairs, log_reports):
     """(train pairs, eval pairs): `eval_data` when given (its load report joins
     `log_reports`), else a held-out fraction of `pairs`, else no eval."""
-    from dpokit.data.normalize import load_pairs, split_pairs
+    from dpokit.data.normalize import split_pairs
     from dpokit.data.records import require_pairs
 
     if cfg.eval_data:
-        eval_pairs, eval_load_report = load_pairs(cfg.eval_data, on_malformed=cfg.on_malformed)
+        eval_pairs, eval_load_report = _load(cfg, cfg.eval_data)
         require_pairs(len(eval_pairs), Path(cfg.eval_data).name, eval_load_report)
         log_reports.merge(eval_load_report)
         return pairs, eval_pairs
@@ -50,14 +79,14 @@ def prepare_data(cfg, tokenizer, log=print) -> PreparedData:
     """Read `cfg.data` (and `cfg.eval_data`), validate, split, tokenize; print and return
     the skip counts (nothing is dropped silently; the totals are printed even when zero).
     A data set with no usable pair left is a DataError naming the file and the counts."""
-    from dpokit.data.normalize import load_pairs
     from dpokit.data.records import SkipReport, require_pairs
     from dpokit.data.tokenize import tokenize_pairs
 
     name = Path(cfg.data).name
-    pairs, load_report = load_pairs(cfg.data, split=cfg.split, on_malformed=cfg.on_malformed)
+    pairs, load_report = _load(cfg, cfg.data, split=cfg.split)
     require_pairs(len(pairs), name, load_report)
-    train_pairs, eval_pairs = _split(cfg, pairs, load_report)
+    train_records, eval_records = _split(cfg, pairs, load_report)
+    (train_pairs, train_labels), (eval_pairs, eval_labels) = _as_pairs(cfg, train_records), _as_pairs(cfg, eval_records)
     settings = tokenize_settings(cfg)
     train, train_report = tokenize_pairs(train_pairs, tokenizer, settings)
     evals, eval_report = tokenize_pairs(eval_pairs, tokenizer, settings)
@@ -75,7 +104,7 @@ def prepare_data(cfg, tokenizer, log=print) -> PreparedData:
     for title, rep in (("loading", load_report), ("tokenizing train", train_report), ("tokenizing eval", eval_report)):
         if rep.total or rep.truncations:
             log(f"data ({title}): {rep.format()}")
-    return PreparedData(train, evals, _votes(train_pairs), _votes(eval_pairs), report)
+    return PreparedData(train, evals, _votes(train_pairs), _votes(eval_pairs), report, train_labels, eval_labels)
 
 
 def build_reference(cfg, model, data: PreparedData, pad_id: int, log=print):

@@ -156,6 +156,8 @@ def run_identity(cfg, data, *, pairs_per_step: int | None = None) -> dict:
     hasher.update(data_fingerprint(data.train).encode())
     hasher.update(json.dumps([p.index for p in data.train]).encode())
     hasher.update(json.dumps(sorted((int(k), list(v)) for k, v in data.train_votes.items())).encode())
+    if data.train_labels:  # KTO's desirable / undesirable labels
+        hasher.update(json.dumps(sorted((int(k), bool(v)) for k, v in data.train_labels.items())).encode())
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_TRAJECTORY_KEYS | MICRO_BATCHING_KEYS}
     config["pairs_per_step"] = pairs_per_step or cfg.batch_size * cfg.grad_accum
     # Through JSON, so it compares equal to what state.json gives back.

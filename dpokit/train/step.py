@@ -129,3 +129,35 @@ def reward_model_step(model, items, pad_id, cfg) -> tuple[torch.Tensor, MetricSu
     sums = MetricSums()
     sums.add_pairs(losses, chosen.detach(), rejected.detach())
     return losses, sums
+
+
+def kto_logratios(model, reference, items, pad_id, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(r_own, r_mismatched, policy_own_logps, ref_own_logps), each (B,): the log-ratios
+    log π/π_ref of each example's own completion (with gradients) and of its mismatched
+    partner's completion under its prompt (no gradient), from one packed pass
+    (dpokit.data.unpaired: the pair's chosen slot is its own completion, rejected the partner's)."""
+    with autocast_context(cfg):
+        pc, pr, _, _ = accel.call(model, policy_pair_logps, items, pad_id, cfg)
+    rc, rr = reference.pair_logps(items, pad_id)
+    return pc - rc, (pr - rr).detach(), pc, rc
+
+
+def kto_step(model, reference, items, pad_id, cfg, *, labels: dict[int, bool], z0=None) -> tuple[torch.Tensor, MetricSums]:
+    """Per-example KTO losses (B,) and metric sums. `z0`: the step's reference point when the
+    step spans several micro-batches or ranks (the trainer computes it first over all of them);
+    None: this micro-batch is the whole step and z0 comes from its own mismatched pairs."""
+    from dpokit.losses_unpaired import kto_loss, kto_reference_point
+
+    own, mismatched, pc, rc = kto_logratios(model, reference, items, pad_id, cfg)
+    if z0 is None:
+        z0 = kto_reference_point(mismatched.sum(), len(items))
+    desirable = torch.tensor([labels[p.index] for p in items], device=own.device)
+    losses, rewards = kto_loss(pc, rc, desirable, z0, beta=cfg.beta, desirable_weight=cfg.kto_desirable_weight,
+                               undesirable_weight=cfg.kto_undesirable_weight)
+    sums = MetricSums()
+    sums.add("loss", losses)
+    sums.add("logps/chosen", pc)
+    sums.add("rewards/desirable", rewards[desirable])
+    sums.add("rewards/undesirable", rewards[~desirable])
+    sums.add("kto/z0", torch.as_tensor(z0, dtype=torch.float32).reshape(1).expand(len(items)))
+    return losses, sums
