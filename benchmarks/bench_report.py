@@ -98,7 +98,12 @@ def format_comparison(report: dict) -> str:
         f"matmul peak: fp32 {mm['size']}x{mm['size']}: {mm['gflops_before']:.1f} GFLOP/s before, "
         f"{mm['gflops_after']:.1f} after; the table uses {mm['gflops_peak']:.1f}"
     )
+    base = report["configurations"].get("dpokit-defaults", {}).get("losses")
     for name, e in report["configurations"].items():
+        if base and e.get("losses") and name not in ("dpokit-defaults", "dpokit-best") and len(e["losses"]) == len(base):
+            gaps = [abs(a - b) for a, b in zip(e["losses"], base)]
+            lines.append(f"{name}: training loss vs dpokit-defaults over {len(gaps)} steps: max |Δ| {max(gaps):.4f}, "
+                         f"last step {e['losses'][-1]:.4f} vs {base[-1]:.4f}")
         if e.get("ratio_to_trl_lora") is not None and name != "trl-lora":
             lines.append(f"{name}: {e['ratio_to_trl_lora']:.2f}× TRL-LoRA's pairs/s at {e['rss_ratio_to_trl_lora']:.2f}× its peak RSS")
     check = report.get("bf16_logprobs")

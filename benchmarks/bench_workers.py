@@ -60,10 +60,13 @@ def bench_records(spec: dict, tokenizer) -> list[dict]:
     return build_records(spec["pairs"], tokenizer, LengthTargets(*spec["lengths"]), seed=spec["seed"])
 
 
-def _timed_steps(run_step, total: int) -> list[float]:
+def _timed_steps(run_step, total: int, losses: list | None = None) -> list[float]:
+    """Wall time of each step; each step's training loss appended to `losses` when given."""
     times, last = [], time.perf_counter()
     for step in range(total):
-        run_step(step)
+        record = run_step(step)
+        if losses is not None:
+            losses.append(record["loss"])
         now = time.perf_counter()
         times.append(now - last)
         last = now
@@ -150,11 +153,12 @@ def run_dpokit(spec: dict) -> dict:
     compiled = _maybe_compile(model, spec)
     trainer = Trainer(cfg, model=model, tokenizer=tok, data=data, log=quiet)
     total = spec["warmup"] + spec["steps"]
-    times = _timed_steps(trainer.train_step, total)
+    losses: list[float] = []
+    times = _timed_steps(trainer.train_step, total, losses)
     batches = [trainer.order.indices(s) for s in range(total)]
     out = summarise(times, spec["warmup"], batches, step_tokens(items, batches))
     stats = length_stats(items)
-    out.update(reference_precompute_s=precompute, data=stats, compiled=compiled, peak_rss_mb=peak_rss_mb())
+    out.update(reference_precompute_s=precompute, data=stats, compiled=compiled, peak_rss_mb=peak_rss_mb(), losses=losses)
     out.update(rss_after_model_load_mb=rss_loaded, rss_after_steps_mb=current_rss_mb())
     out.update(param_counts(model))
     return out

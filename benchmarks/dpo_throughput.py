@@ -63,6 +63,9 @@ EXTRAS = {
     # LoRA, the same peft settings for both engines (r=16, alpha 32, attention and MLP
     # projections); TRL's reference is then the adapter switched off, as dpokit's cached one is
     # computed from the base model once. Compared with each other: ratios "× TRL-LoRA".
+    # Both AdamW moments in 8 bits (torchao): the loss curve beside dpokit-defaults' (same
+    # batches in the same order) measures what the quantised state costs.
+    "dpokit-8bit": ("dpokit", {"optimizer": "adamw8bit"}, {}),
     "trl-lora": ("trl", {}, {"lora": LORA}),
     "dpokit-lora": ("dpokit", {}, {"lora": LORA}),
 }

@@ -86,3 +86,13 @@ def test_quick_lora_pair_compares_lora_with_lora(tmp_path):
     assert configs["dpokit-lora"]["params_trainable"] == configs["trl-lora"]["params_trainable"]
     assert _positive_finite(configs["dpokit-lora"]["ratio_to_trl_lora"])
     assert configs["trl-lora"]["ratio_to_trl_lora"] == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao not installed (pip install -e '.[lowmem]')")
+def test_quick_8bit_state_reports_its_loss_curve_beside_fp32(tmp_path, capsys):
+    report = _run(tmp_path, "--no-trl", "--configs", "dpokit-defaults", "--extras", "dpokit-8bit")
+    configs = report["configurations"]
+    assert set(configs) == {"dpokit-defaults", "dpokit-8bit"}
+    a, b = configs["dpokit-defaults"]["losses"], configs["dpokit-8bit"]["losses"]
+    assert len(a) == len(b) == 4 and a[0] == pytest.approx(b[0], abs=1e-6)  # the same first step (same weights, batch)
+    assert "dpokit-8bit: training loss vs dpokit-defaults over 4 steps" in capsys.readouterr().out
