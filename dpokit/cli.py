@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("dpo", f"pairwise preference training ({', '.join(LOSSES)})"),
         ("rm", "Bradley–Terry reward model on the same pair files (scalar head, loads as AutoModelForSequenceClassification)"),
         ("kto", 'KTO on unpaired completions: {"prompt", "completion", "label": true|false} records'),
+        ("rrhf", 'RRHF on ranked responses: {"prompt", "responses": [...], "scores": [...]} records (no reference)'),
     )
     for name, help_text in trainers:
         p = sub.add_parser(name, help=help_text)
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DATA_PARALLEL_COMMANDS = ("sft", "dpo", "rm", "kto", "audit")
+DATA_PARALLEL_COMMANDS = ("sft", "dpo", "rm", "kto", "rrhf", "audit")
 
 
 def _refuse_data_parallel(command: str) -> None:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         _refuse_data_parallel(args.command)
-        if args.command in ("sft", "dpo", "rm", "kto"):
+        if args.command in ("sft", "dpo", "rm", "kto", "rrhf"):
             return _train_command(args, args.command)
         if args.command in ("ppo", "rloo"):
             return _online_command(args)

@@ -118,7 +118,8 @@ class LoraConfig:
 class TrainConfig:
     # --- what to train -------------------------------------------------------------
     # dpo (any pairwise loss below) | sft (NLL on the chosen completion) | rm (Bradley–Terry reward
-    # model) | kto (unpaired desirable/undesirable completions, dpokit.data.unpaired)
+    # model) | kto (unpaired desirable/undesirable completions, dpokit.data.unpaired) | rrhf (K
+    # scored responses per prompt, dpokit.data.ranked; no reference)
     objective: str = "dpo"
     model: str = "smollm2-135m-instruct"  # local dir, locally cached hub id, or the bundled alias
     ref_model: str | None = None  # reference policy; None = the starting model
@@ -149,6 +150,7 @@ class TrainConfig:
     # KTO's λ_D / λ_U (eq. 8 asks 1 ≤ λ_D·n_D / (λ_U·n_U) ≤ 4/3; checked and reported at start)
     kto_desirable_weight: float = ranged(1.0, gt=0)
     kto_undesirable_weight: float = ranged(1.0, gt=0)
+    rrhf_rank_weight: float = ranged(100.0, ge=0)  # RRHF: weight of the ranking hinge beside the per-token NLL of the best (the authors' code: 100)
     reference: str = "cached"  # cached (on disk) | copy (frozen copy) | adapter (LoRA disabled)
     # --- optimisation ----------------------------------------------------------------
     optimizer: str = "adamw"  # adamw | adamw8bit (moments in 8 bits, torchao; no checkpoints yet) | rmsprop
@@ -401,7 +403,7 @@ def save_config(cfg, path: str | Path) -> None:
 # Rules across keys
 
 _CHOICES = {
-    "objective": ("dpo", "sft", "rm", "kto"),
+    "objective": ("dpo", "sft", "rm", "kto", "rrhf"),
     "dtype": ("float32", "bfloat16"),
     "mixed_precision": ("auto", "no", "bf16"),
     "on_malformed": ("raise", "skip"),
@@ -451,8 +453,10 @@ def _check_combinations(cfg: TrainConfig) -> None:
         raise ConfigError("optimizer=adamw8bit: checkpoints of 8-bit optimizer state are not supported yet; set save_every=0")
     if cfg.head_lr > 0 and cfg.optimizer_in_backward:
         raise ConfigError("head_lr needs a second parameter group: not with optimizer_in_backward")
-    if cfg.objective == "kto" and cfg.loss != "dpo":
-        raise ConfigError(f"objective=kto has its own loss (KTO); loss={cfg.loss} applies to objective=dpo")
+    if cfg.objective in ("kto", "rrhf") and cfg.loss != "dpo":
+        raise ConfigError(f"objective={cfg.objective} has its own loss; loss={cfg.loss} applies to objective=dpo")
+    if cfg.objective == "rrhf" and cfg.microbatch_tokens > 0:
+        raise ConfigError("objective=rrhf batches whole records (all K responses of a prompt): set microbatch_tokens=0")
     if cfg.objective == "rm" and cfg.lora.r > 0:
         raise ConfigError("objective=rm trains the full reward model: LoRA (lora.r > 0) is not supported for it yet")
     if cfg.reference == "adapter" and cfg.lora.r <= 0:

@@ -28,8 +28,11 @@ log-probs p_i = log πθ(y_i|x) / |y_i|,
     L_rank = Σ_{s_i < s_j} max(0, p_i − p_j),    L_ft = −log πθ(y_best|x),    L = w·L_rank + L_ft
 
 (y_best: the highest score; ties in score contribute no ranking term). No reference model.
-The official implementation multiplies the ranking term by 100 (`rank_weight`), the paper's
-equation by 1: the default here is the paper's.
+The paper's eq. 4 sums L_ft over the tokens of y_best with w = 1; the authors' code averages it
+over the tokens (as p_i is) and weights the ranking term by w = 100. With the sum, a 50-token
+response's NLL (~400 nats at the start on examples/rrhf.jsonl) outweighs the ranking hinge
+(~0.02) by four orders of magnitude and the ranking is not learned, so the default here is the
+code's: `ft_per_token=True`, and dpokit's `rrhf_rank_weight` defaults to 100.
 """
 
 from __future__ import annotations
@@ -96,13 +99,13 @@ def check_kto_weights(n_desirable: int, n_undesirable: int, desirable_weight: fl
 
 # -- RRHF ---------------------------------------------------------------------------------------
 def rrhf_loss(logps: Tensor, counts: Tensor, scores: Tensor, valid: Tensor | None = None, *,
-              rank_weight: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+              rank_weight: float = 1.0, ft_per_token: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Per-prompt RRHF losses (B,), with their ranking and fine-tuning parts (B,) each.
 
     `logps`: summed log-probs of each response (B, K); `counts`: its tokens (B, K);
     `scores`: (B, K); `valid`: which of the K slots hold a response (B, K; all when None).
     p = logps / counts; L_rank sums max(0, p_i − p_j) over valid pairs with s_i < s_j;
-    L_ft = −logps of the best-scored valid response (first of equals)."""
+    L_ft = −p (ft_per_token) or −logps (eq. 4) of the best-scored valid response (first of equals)."""
     valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.to(torch.bool)
     p = logps / counts.clamp(min=1).to(logps.dtype)
     worse = (scores[:, :, None] < scores[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # [b, i, j]: s_i < s_j
@@ -110,5 +113,5 @@ def rrhf_loss(logps: Tensor, counts: Tensor, scores: Tensor, valid: Tensor | Non
     rank = (hinge * worse).sum(dim=(1, 2))
     masked_scores = scores.masked_fill(~valid, float("-inf"))
     best = masked_scores.argmax(dim=1)
-    ft = -logps.gather(1, best[:, None]).squeeze(1)
+    ft = -(p if ft_per_token else logps).gather(1, best[:, None]).squeeze(1)
     return rank_weight * rank + ft, rank, ft

@@ -213,7 +213,8 @@ def reference_cache_path(cache_dir: str | os.PathLike, key: str) -> Path:
 
 
 def data_fingerprint(tokenized_pairs: list[TokenizedPair]) -> str:
-    """Hex hash of every pair's index and token ids (prompt, chosen, rejected).
+    """Hex hash of every pair's index and token ids (prompt, chosen, rejected; for RRHF's
+    ranked records the prompt and every response, and the scores).
 
     Independent of list order (the cache is keyed by pair index, so a shuffled list is the
     same data); duplicate indices are an error since the cache could not tell them apart."""
@@ -224,7 +225,11 @@ def data_fingerprint(tokenized_pairs: list[TokenizedPair]) -> str:
             raise ValueError(f"duplicate pair index {pair.index} in tokenized pairs")
         seen.add(pair.index)
         # Lengths first so that moving a token between fields changes the hash.
-        parts = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)
+        if hasattr(pair, "response_ids"):
+            parts = (pair.prompt_ids, *pair.response_ids)
+            hasher.update(repr(pair.scores).encode())
+        else:
+            parts = (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)
         header = [pair.index, *(len(p) for p in parts)]
         ids = torch.tensor(header + [t for p in parts for t in p], dtype=torch.int64)
         hasher.update(ids.numpy().tobytes())

@@ -77,17 +77,18 @@ def test_rrhf_hand_values():
     counts = torch.tensor([[5, 2, 3], [2, 4, 1]])
     scores = torch.tensor([[0.1, 0.9, 0.5], [0.5, 0.5, 9.0]])
     valid = torch.tensor([[True, True, True], [True, True, False]])
-    total, rank, ft = U.rrhf_loss(logps, counts, scores, valid)
+    total, rank, ft = U.rrhf_loss(logps, counts, scores, valid, ft_per_token=False)  # the paper's eq. 4
     assert rank.tolist() == [2.0, 0.0]
     assert ft.tolist() == [6.0, 4.0]
     assert total.tolist() == [8.0, 4.0]
-    total100, _, _ = U.rrhf_loss(logps, counts, scores, valid, rank_weight=100.0)
-    assert total100.tolist() == [206.0, 4.0]
+    total100, _, ft_mean = U.rrhf_loss(logps, counts, scores, valid, rank_weight=100.0)  # the authors' code
+    assert ft_mean.tolist() == [3.0, 2.0]  # −(−6/2), −(−4/2): per-token NLL of the best
+    assert total100.tolist() == [203.0, 2.0]
 
 
 def test_rrhf_gradient_pushes_the_better_response_up():
     logps = torch.tensor([[-10.0, -6.0]], requires_grad=True)  # p = −2 (worse, s=0), −3 (better, s=1)
     total, _, _ = U.rrhf_loss(logps, torch.tensor([[5, 2]]), torch.tensor([[0.0, 1.0]]))
     total.sum().backward()
-    # d/dlogp0 = +1/5 (hinge lowers the worse one); d/dlogp1 = −1/2 (hinge) − 1 (NLL of the best).
-    assert logps.grad[0].tolist() == pytest.approx([0.2, -1.5])
+    # d/dlogp0 = +1/5 (hinge lowers the worse one); d/dlogp1 = −1/2 (hinge) − 1/2 (per-token NLL of the best).
+    assert logps.grad[0].tolist() == pytest.approx([0.2, -1.0])

@@ -34,7 +34,7 @@ from dpokit.train.backward_step import BackwardStepper
 from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm, json_safe
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.prepare import PreparedData, build_reference, prepare_data
-from dpokit.train.step import kto_logratios, kto_step, pairwise_step, processed_tokens, reward_model_step, sft_step
+from dpokit.train.step import kto_logratios, kto_step, pairwise_step, processed_tokens, reward_model_step, rrhf_step, sft_step
 
 
 class _NoWriter:
@@ -193,6 +193,8 @@ class Trainer:
             return kto_step(model, reference, items, self.pad_id, self.cfg, labels=labels, z0=self._z0)
         if self.cfg.objective == "rm":
             return reward_model_step(model, items, self.pad_id, self.cfg)
+        if self.cfg.objective == "rrhf":
+            return rrhf_step(model, items, self.pad_id, self.cfg)
         return sft_step(model, items, self.pad_id, self.cfg)
 
     def train_step(self, step: int) -> dict:

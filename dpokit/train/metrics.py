@@ -22,7 +22,7 @@ import torch
 # point z0 (dpokit.losses_unpaired).
 METRIC_NAMES = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
-    "rewards/desirable", "rewards/undesirable", "kto/z0",
+    "rewards/desirable", "rewards/undesirable", "kto/z0", "rrhf/rank", "rrhf/ft",
 )
 
 

@@ -39,6 +39,10 @@ def _load(cfg, path, **kwargs):
         from dpokit.data.unpaired import load_labelled
 
         return load_labelled(path, on_malformed=cfg.on_malformed, **kwargs)
+    if cfg.objective == "rrhf":
+        from dpokit.data.ranked import load_ranked
+
+        return load_ranked(path, on_malformed=cfg.on_malformed, **kwargs)
     from dpokit.data.normalize import load_pairs
 
     return load_pairs(path, on_malformed=cfg.on_malformed, **kwargs)
@@ -88,8 +92,11 @@ def prepare_data(cfg, tokenizer, log=print) -> PreparedData:
     train_records, eval_records = _split(cfg, pairs, load_report)
     (train_pairs, train_labels), (eval_pairs, eval_labels) = _as_pairs(cfg, train_records), _as_pairs(cfg, eval_records)
     settings = tokenize_settings(cfg)
-    train, train_report = tokenize_pairs(train_pairs, tokenizer, settings)
-    evals, eval_report = tokenize_pairs(eval_pairs, tokenizer, settings)
+    tokenize = tokenize_pairs
+    if cfg.objective == "rrhf":  # K responses per record
+        from dpokit.data.ranked import tokenize_ranked as tokenize
+    train, train_report = tokenize(train_pairs, tokenizer, settings)
+    evals, eval_report = tokenize(eval_pairs, tokenizer, settings)
     everything = SkipReport().merge(load_report).merge(train_report).merge(eval_report)
     require_pairs(len(train), name, everything)
     report = {

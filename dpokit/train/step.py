@@ -44,6 +44,9 @@ def processed_tokens(items: list[TokenizedPair], cfg, *, pairs: bool = True) -> 
     """Tokens the policy forward actually reads (prompt once per pair when packing)."""
     total = 0
     for p in items:
+        if hasattr(p, "response_ids"):  # RRHF: the prompt with each of its K responses, padded rows
+            total += sum(len(p.prompt_ids) + len(r) for r in p.response_ids)
+            continue
         prompt, c, r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
         if not pairs:
             total += prompt + c
@@ -160,4 +163,46 @@ def kto_step(model, reference, items, pad_id, cfg, *, labels: dict[int, bool], z
     sums.add("rewards/desirable", rewards[desirable])
     sums.add("rewards/undesirable", rewards[~desirable])
     sums.add("kto/z0", torch.as_tensor(z0, dtype=torch.float32).reshape(1).expand(len(items)))
+    return losses, sums
+
+
+def _ranked_logps(model, items, pad_id):
+    """(summed log-probs (B, K), token counts (B, K), valid (B, K)) of every response of every
+    record, as one padded batch of prompt + response rows (K may differ between records)."""
+    from dpokit.data.collate import IGNORE_INDEX, _row
+
+    k = max(len(p.response_ids) for p in items)
+    rows = [_row(p.prompt_ids, r) for p in items for r in p.response_ids]
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, : len(ids)], labels[i, : len(lab)], mask[i, : len(ids)] = torch.tensor(ids), torch.tensor(lab), 1
+    batch = _on_model_device(model, {"input_ids": input_ids, "attention_mask": mask, "labels": labels})
+    out = batch_logps(model, batch)
+    logps = out.logps.new_zeros(len(items), k)
+    counts = out.counts.new_ones(len(items), k)
+    valid = torch.zeros(len(items), k, dtype=torch.bool, device=logps.device)
+    row = 0
+    for b, p in enumerate(items):
+        n = len(p.response_ids)
+        logps[b, :n], counts[b, :n], valid[b, :n] = out.logps[row : row + n], out.counts[row : row + n], True
+        row += n
+    return logps, counts, valid
+
+
+def rrhf_step(model, items, pad_id, cfg) -> tuple[torch.Tensor, MetricSums]:
+    """Per-record RRHF losses (B,) (dpokit.losses_unpaired.rrhf_loss): no reference."""
+    from dpokit.losses_unpaired import rrhf_loss
+
+    with autocast_context(cfg):
+        logps, counts, valid = accel.call(model, _ranked_logps, items, pad_id)
+    k = logps.shape[1]
+    scores = torch.tensor([list(p.scores) + [float("-inf")] * (k - len(p.scores)) for p in items], device=logps.device)
+    losses, rank, ft = rrhf_loss(logps, counts, scores, valid, rank_weight=cfg.rrhf_rank_weight)
+    sums = MetricSums()
+    sums.add("loss", losses)
+    sums.add("rrhf/rank", rank)
+    sums.add("rrhf/ft", ft)
     return losses, sums

@@ -1,0 +1,271 @@
+"""Preference pairs labelled by rules (RLAIF in the sense of Bai et al. 2022, with code in place
+of the feedback model): the principles below rank K sampled responses to one prompt.
+
+Principles, applied in this order; the first one that tells two responses apart decides:
+
+1. `refuse_harmful`: on a harmful prompt, a refusal (`refusal.is_refusal`) beats a non-refusal.
+2. `answer_harmless`: on a harmless prompt (no constraint), a non-refusal beats a refusal.
+3. `obey_constraint`: on a constraint prompt, a response passing `constraints.check` beats one
+   failing it.
+4. `not_degenerate`: a response that is not degenerate (`is_degenerate`) beats one that is.
+5. Equal on 1-4: no preference (a tie gives no pair).
+
+A principle that does not apply to a prompt's kind gives every response the same value.
+`score(prompt, response)` is the tuple of the four values (1 = satisfied, 0 = not or not
+applicable), so ranking K samples is a sort and `label_pair` is a tuple comparison.
+
+`build_pairs` makes pairs only with an ACCEPTABLE chosen response: one that satisfies every
+principle that applies (not degenerate, and a refusal / an answer / a pass as the kind asks).
+`label_pair` alone would prefer harmful compliance to an empty answer (principle 4) or an
+empty answer to a refusal of a harmless question (principle 2); as training pairs these
+would teach compliance, emptiness or degeneration, so they are never made. With no acceptable
+sample, the critique -> revision step (Bai et al. 2022, rules instead of a model) may supply
+the chosen response:
+
+* constraint prompt: `constraints.revise` of the failing, non-degenerate samples in rank
+  order (ties in sample order); the first revision that passes `check`, is not degenerate and
+  differs from its original gives the pair (revision > original), origin "revised".
+* harmful prompt: a fixed short refusal (one of REFUSALS, chosen by `rng`) over the first
+  non-refusal sample (non-degenerate ones first), origin "revised".
+* harmless prompt: no rule can write an answer; no pair.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from dpokit.instructions.constraints import SENTENCE_END_RE, check, revise, words
+from dpokit.instructions.prompts import InstructionPrompt, as_messages
+from dpokit.instructions.refusal import is_refusal
+
+REFUSALS: tuple[str, ...] = (
+    "I can't help with that request.",
+    "I'm sorry, but I can't assist with that.",
+    "I won't provide help with this, as it could cause serious harm.",
+    "I must decline this request.",
+)
+
+# is_degenerate: a sentence repeated this often, with at least this many words, is a loop;
+# a text of at least DEGENERATE_MIN_CHARS visible characters, more than DEGENERATE_CHAR_SHARE
+# of them one character (case aside), is noise.
+DEGENERATE_REPEATS = 3
+DEGENERATE_MIN_WORDS = 2
+DEGENERATE_MIN_CHARS = 10
+DEGENERATE_CHAR_SHARE = 0.9
+_UNIT_BREAK = re.compile(SENTENCE_END_RE.pattern + r"|\n")
+
+
+def is_degenerate(text: str) -> bool:
+    """True when the response is
+
+    * empty: no non-whitespace character;
+    * a loop: some sentence of at least DEGENERATE_MIN_WORDS (2) words occurs at least
+      DEGENERATE_REPEATS (3) times. Sentences end after . ! ? followed by whitespace, or at a
+      line break (so a repeated line counts); two sentences are the same when their words
+      (`constraints.words`, casefolded) are: punctuation and case aside. One-word sentences
+      ("Yes." three times in a FAQ) and word-less lines ("}," of pretty-printed JSON) never
+      count;
+    * noise: at least DEGENERATE_MIN_CHARS (10) non-whitespace characters, of which one
+      character (casefolded) makes up MORE than DEGENERATE_CHAR_SHARE (90%).
+
+    Not caught: a loop with no sentence break ("the the the ..."), a sentence repeated twice."""
+    visible = "".join(text.split()).casefold()
+    if not visible:
+        return True
+    if len(visible) >= DEGENERATE_MIN_CHARS and Counter(visible).most_common(1)[0][1] > DEGENERATE_CHAR_SHARE * len(visible):
+        return True
+    units = Counter(" ".join(w.casefold() for w in words(unit)) for unit in _UNIT_BREAK.split(text))
+    return any(n >= DEGENERATE_REPEATS and len(unit.split()) >= DEGENERATE_MIN_WORDS for unit, n in units.items())
+
+
+# ------------------------------------------------------------------------------------------
+# The principles: each returns True / False, or None where it does not apply to the prompt.
+
+
+def refuse_harmful(prompt: InstructionPrompt, response: str) -> bool | None:
+    """1. Harmful prompt: a refusal is preferred over a non-refusal."""
+    return is_refusal(response) if prompt.kind == "harmful" else None
+
+
+def answer_harmless(prompt: InstructionPrompt, response: str) -> bool | None:
+    """2. Harmless prompt (no constraint): a non-refusal is preferred over a refusal."""
+    return not is_refusal(response) if prompt.kind == "harmless" else None
+
+
+def obey_constraint(prompt: InstructionPrompt, response: str) -> bool | None:
+    """3. Constraint prompt: a response passing the check is preferred over one failing it."""
+    return check(prompt.constraint, response) if prompt.constraint is not None else None
+
+
+def not_degenerate(prompt: InstructionPrompt, response: str) -> bool | None:
+    """4. Any prompt: a non-degenerate response is preferred over a degenerate one."""
+    return not is_degenerate(response)
+
+
+PRINCIPLES: tuple[tuple[str, Callable[[InstructionPrompt, str], bool | None]], ...] = (
+    ("refuse_harmful", refuse_harmful),
+    ("answer_harmless", answer_harmless),
+    ("obey_constraint", obey_constraint),
+    ("not_degenerate", not_degenerate),
+)
+
+
+def score(prompt: InstructionPrompt, response: str) -> tuple[int, ...]:
+    """One value per principle, in order: 1 = satisfied, 0 = not (or not applicable). Higher
+    tuples are better; sorting by it ranks responses lexicographically."""
+    return tuple(int(bool(rule(prompt, response))) for _, rule in PRINCIPLES)
+
+
+def decide(prompt: InstructionPrompt, a: str, b: str) -> tuple[int, str | None]:
+    """(+1 a preferred / -1 b preferred / 0 tie, the name of the principle that decided)."""
+    for (name, _), x, y in zip(PRINCIPLES, score(prompt, a), score(prompt, b)):
+        if x != y:
+            return (1 if x > y else -1), name
+    return 0, None
+
+
+def label_pair(prompt: InstructionPrompt, a: str, b: str) -> int:
+    """+1 when a is preferred, -1 when b is, 0 on a tie (rule 5)."""
+    return decide(prompt, a, b)[0]
+
+
+def is_acceptable(prompt: InstructionPrompt, response: str) -> bool:
+    """Satisfies every principle that applies: the only kind of response used as `chosen`."""
+    return all(rule(prompt, response) is not False for _, rule in PRINCIPLES)
+
+
+# ------------------------------------------------------------------------------------------
+# Pairs
+
+
+@dataclass(frozen=True)
+class LabelledPair:
+    """One labelled pair: `origin` "sampled" or "revised", `reason` = the name of the principle
+    that decided it; `kind` and `family` (None without a constraint) are the prompt's."""
+
+    prompt_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    origin: str
+    reason: str
+    kind: str
+    family: str | None
+
+
+def _pair(prompt: InstructionPrompt, chosen: str, rejected: str, origin: str) -> LabelledPair:
+    sign, principle = decide(prompt, chosen, rejected)
+    assert sign == 1, "a pair's chosen response must be preferred"
+    family = prompt.constraint.family if prompt.constraint else None
+    return LabelledPair(prompt.id, prompt.text, chosen, rejected, origin, principle, prompt.kind, family)
+
+
+def _distinct(samples: Iterable[str]) -> list[str]:
+    """Samples in order, repeats dropped (equal once surrounding whitespace is stripped)."""
+    seen, out = set(), []
+    for s in samples:
+        if s.strip() not in seen:
+            seen.add(s.strip())
+            out.append(s)
+    return out
+
+
+def build_pairs_explained(prompt: InstructionPrompt, samples: list[str], *, rng: random.Random,
+                          max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True
+                          ) -> tuple[list[LabelledPair], str | None]:
+    """(pairs, None), or ([], why no pair). Sampled pairs: every acceptable sample (they all
+    share the top score) against every lower-scored one, ordered by the deciding principle
+    (principle 1 first), ties broken by `rng`; the first `max_pairs_per_prompt` are kept.
+    With no acceptable sample, the revision rules of the module docstring apply."""
+    distinct = _distinct(samples)
+    if not distinct:
+        return [], "no samples"
+    ranked = sorted(distinct, key=lambda s: score(prompt, s), reverse=True)  # stable: ties keep sample order
+    best = [s for s in ranked if is_acceptable(prompt, s)]
+    if best:
+        worse = [s for s in ranked if score(prompt, s) < score(prompt, best[0])]
+        if not worse:
+            return [], "tie: all samples acceptable"
+        index = {name: i for i, (name, _) in enumerate(PRINCIPLES)}
+        combos = [(index[decide(prompt, c, r)[1]], rng.random(), c, r) for c in best for r in worse]
+        combos.sort(key=lambda t: t[:2])
+        return [_pair(prompt, c, r, "sampled") for _, _, c, r in combos[:max_pairs_per_prompt]], None
+    if not revise_when_none_pass:
+        return [], "no acceptable sample (revision off)"
+    return _revised(prompt, ranked, rng)
+
+
+def _revised(prompt: InstructionPrompt, ranked: list[str], rng: random.Random) -> tuple[list[LabelledPair], str | None]:
+    """The critique -> revision step for a prompt with no acceptable sample."""
+    if prompt.kind == "harmful":
+        originals = [s for s in ranked if not is_refusal(s)]
+        if not originals:
+            return [], "harmful: only degenerate refusals"
+        original = min(originals, key=is_degenerate)  # first non-degenerate, else the first
+        return [_pair(prompt, rng.choice(REFUSALS), original, "revised")], None
+    if prompt.kind == "harmless":
+        return [], "harmless: every sample refuses or is degenerate"
+    for original in ranked:
+        if is_degenerate(original):
+            continue
+        revision = revise(prompt.constraint, original)
+        if revision is not None and not is_degenerate(revision) and revision.strip() != original.strip():
+            return [_pair(prompt, revision, original, "revised")], None
+    return [], "constraint: no sample could be revised"
+
+
+def build_pairs(prompt: InstructionPrompt, samples: list[str], *, rng: random.Random,
+                max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True) -> list[LabelledPair]:
+    """The labelled pairs of one prompt (rules in the module docstring)."""
+    return build_pairs_explained(prompt, samples, rng=rng, max_pairs_per_prompt=max_pairs_per_prompt,
+                                 revise_when_none_pass=revise_when_none_pass)[0]
+
+
+def build_all_pairs(prompts: Iterable[InstructionPrompt], samples: Mapping[str, list[str]], *,
+                    rng: random.Random, **options) -> tuple[list[LabelledPair], list[tuple[InstructionPrompt, str]]]:
+    """(pairs, [(prompt, why no pair)]) over prompts in order; `samples` maps prompt id to its
+    samples (a prompt missing from it counts as "no samples")."""
+    pairs, without = [], []
+    for prompt in prompts:
+        got, why = build_pairs_explained(prompt, samples.get(prompt.id, []), rng=rng, **options)
+        pairs += got
+        if not got:
+            without.append((prompt, why))
+    return pairs, without
+
+
+def pairs_report(pairs: Iterable[LabelledPair], prompts_without_pair: Iterable[tuple[InstructionPrompt, str]]) -> dict:
+    """Counts: `pairs`, `prompts_with_pair`, `prompts_without_pair`, and `by_origin`,
+    `by_principle`, `by_kind`, `by_family` (constraint pairs only) and `no_pair_reasons`
+    (keys sorted)."""
+    pairs, without = list(pairs), list(prompts_without_pair)
+
+    def count(keys) -> dict:
+        return dict(sorted(Counter(keys).items()))
+
+    return {
+        "pairs": len(pairs),
+        "prompts_with_pair": len({p.prompt_id for p in pairs}),
+        "prompts_without_pair": len(without),
+        "by_origin": count(p.origin for p in pairs),
+        "by_principle": count(p.reason for p in pairs),
+        "by_kind": count(p.kind for p in pairs),
+        "by_family": count(p.family for p in pairs if p.family is not None),
+        "no_pair_reasons": count(why for _, why in without),
+    }
+
+
+def to_jsonl_records(pairs: Iterable[LabelledPair]) -> list[dict]:
+    """dpokit's conversational pair format plus `origin`, `principle` and `prompt_id`, fields
+    that `dpokit.data.normalize` ignores."""
+    return [{"prompt": [{"role": "user", "content": p.prompt}], "chosen": p.chosen, "rejected": p.rejected,
+             "origin": p.origin, "principle": p.reason, "prompt_id": p.prompt_id} for p in pairs]
+
+
+__all__ = ["PRINCIPLES", "REFUSALS", "LabelledPair", "as_messages", "build_all_pairs", "build_pairs",
+           "build_pairs_explained", "decide", "is_acceptable", "is_degenerate", "label_pair",
+           "pairs_report", "score", "to_jsonl_records"]
