@@ -326,3 +326,22 @@ def test_cli_rejects_negative_max_examples(data):
     with pytest.raises(SystemExit) as exc:
         main(["audit", str(data), "--max-examples", "-1"])
     assert exc.value.code == 2
+
+
+def test_named_raters_per_rater_agreement():
+    from dpokit.data.audit import rater_stats
+    from dpokit.data.normalize import normalize_record
+
+    rows = [  # alice always with the label; bob twice against; carol on two records only
+        {"votes": {"alice": "chosen", "bob": "rejected", "carol": "chosen"}},  # majority chosen
+        {"votes": {"alice": "chosen", "bob": "rejected"}},  # tie: no majority
+        {"votes": {"alice": "chosen", "bob": "chosen", "carol": "chosen"}},  # unanimous
+    ]
+    pairs = [normalize_record({"prompt": f"p{i}", "chosen": "a", "rejected": "b", **r}, f"f:{i}") for i, r in enumerate(rows)]
+    stats = rater_stats(pairs)
+    assert stats["records"] == 3 and stats["unanimous"] == 1
+    assert stats["by_rater"] == {
+        "alice": {"records": 3, "with_label": 3, "with_majority": 2, "decided": 2},
+        "bob": {"records": 3, "with_label": 1, "with_majority": 1, "decided": 2},
+        "carol": {"records": 2, "with_label": 2, "with_majority": 2, "decided": 2},
+    }

@@ -135,7 +135,7 @@ MALFORMED = [
     ),
     ({"chosen": "Hello", "rejected": "Bye"}, "f.jsonl:7: field 'prompt': missing, and chosen/rejected share no '\\n\\nAssistant:' prefix to infer it from"),
     ({"chosen": "x", "rejected": [A("y")]}, "f.jsonl:7: field 'rejected': one of chosen/rejected is text and the other a list of messages"),
-    ({"prompt": "p", "chosen": "a", "rejected": "b", "votes": [1]}, "f.jsonl:7: field 'votes': expected [votes for chosen, votes for rejected]"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "votes": [1]}, "f.jsonl:7: field 'votes': expected [votes for chosen, votes for rejected] or {rater: \"chosen\" | \"rejected\"}"),
     ({"prompt": "p", "chosen": "a", "rejected": "b", "votes": [2, -1]}, "f.jsonl:7: field 'votes': votes must be non-negative integers (got [2, -1])"),
     ({"prompt": "p", "chosen": "a", "rejected": "b", "votes": [True, 0]}, "f.jsonl:7: field 'votes': votes must be non-negative integers (got [True, 0])"),
     ({"prompt": "p", "chosen": "a", "rejected": "b", "votes": [0, 0]}, "f.jsonl:7: field 'votes': votes are both zero: no preference to learn"),
@@ -433,3 +433,26 @@ def test_example_bad_pairs_file():
         "empty prompt": 1,
     }
     assert sum(n for r, n in report.counts.items() if r.startswith("malformed")) == 12
+
+
+# ---------------------------------------------------------------- named raters
+
+
+def test_named_raters_are_kept_and_counted():
+    raw = {"prompt": "p", "chosen": "a", "rejected": "b", "votes": {"bob": "rejected", "alice": "chosen", "carol": "chosen"}}
+    pair = normalize_record(raw, "s")
+    assert pair.votes == (2, 1)  # the soft label q = 2/3 comes from the counts
+    assert pair.raters == (("alice", True), ("bob", False), ("carol", True))
+    assert normalize_record({"prompt": "p", "chosen": "a", "rejected": "b", "votes": [2, 1]}, "s").raters is None
+
+
+@pytest.mark.parametrize("votes, field, reason", [
+    ({}, "votes", "no rater voted"),
+    ({"alice": "yes"}, "votes.alice", 'expected "chosen" or "rejected"'),
+    ({"alice": 1}, "votes.alice", 'expected "chosen" or "rejected"'),
+    ({" ": "chosen"}, "votes", "name must not be empty"),
+])
+def test_malformed_named_raters(votes, field, reason):
+    with pytest.raises(DataError) as err:
+        normalize_record({"prompt": "p", "chosen": "a", "rejected": "b", "votes": votes}, "f.jsonl:9")
+    assert err.value.field == field and reason in str(err.value)

@@ -185,7 +185,32 @@ def vote_stats(pairs: Sequence[PreferencePair]) -> dict:
     """Records with annotator votes, ties among them, and votes that favour the rejected
     response (the label disagrees with its own annotators)."""
     votes = [p.votes for p in pairs if p.votes is not None]
-    return {"records_with_votes": len(votes), "ties": sum(c == r for c, r in votes), "against_label": sum(c < r for c, r in votes)}
+    out = {"records_with_votes": len(votes), "ties": sum(c == r for c, r in votes), "against_label": sum(c < r for c, r in votes)}
+    raters = rater_stats(pairs)
+    if raters:
+        out["raters"] = raters
+    return out
+
+
+def rater_stats(pairs: Sequence[PreferencePair]) -> dict:
+    """Per named rater: records rated, how often the rater prefers the labelled chosen response,
+    and how often the rater sides with the record's majority (ties excluded); plus how many
+    records with named raters are unanimous. Empty when no record names its raters."""
+    rated = [p for p in pairs if p.raters]
+    per: dict[str, dict] = {}
+    for p in rated:
+        c, r = p.votes
+        for name, prefers in p.raters:
+            d = per.setdefault(name, {"records": 0, "with_label": 0, "with_majority": 0, "decided": 0})
+            d["records"] += 1
+            d["with_label"] += prefers
+            if c != r:
+                d["decided"] += 1
+                d["with_majority"] += prefers == (c > r)
+    if not rated:
+        return {}
+    return {"records": len(rated), "unanimous": sum(len({v for _, v in p.raters}) == 1 for p in rated),
+            "by_rater": dict(sorted(per.items()))}
 
 
 def _summary(pairs: Sequence[PreferencePair], groups: Sequence[PromptGroup], findings: Mapping[str, list[Finding]], skipped: int) -> dict:
@@ -332,6 +357,11 @@ def _summary_lines(report: dict) -> list[str]:
     ]
     if v["records_with_votes"]:
         lines.append(f"  votes: {v['records_with_votes']} records with votes, {v['ties']} ties, {v['against_label']} against the label")
+    if v.get("raters"):
+        ra = v["raters"]
+        each = "; ".join(f"{name} {d['records']} rated, with the label {d['with_label']}, with the majority "
+                         f"{d['with_majority']} of {d['decided']}" for name, d in ra["by_rater"].items())
+        lines.append(f"  named raters: {ra['records']} records, {ra['unanimous']} unanimous; {each}")
     for reason, d in (report.get("skipped") or {}).get("skipped", {}).items():
         lines.append(f"  skipped by the loader: {d['count']} {reason} (e.g. {', '.join(d['examples'])})")
     return lines

@@ -12,7 +12,9 @@ treated as absent, because Parquet and `datasets` fill missing values with None)
                     "\\n\\nAssistant:" shared by both; the completions are the rest (they keep
                     their leading space, as BPE vocabularies expect " word" tokens)
     votes           optional: "votes": [for_chosen, for_rejected], or "chosen_votes" and
-                    "rejected_votes" (non-negative integers, not both zero)
+                    "rejected_votes" (non-negative integers, not both zero), or named raters
+                    "votes": {"alice": "chosen", "bob": "rejected", ...} (each rater's choice
+                    kept in `PreferencePair.raters`; the counts give the soft label)
     finished        optional: "chosen_finished", "rejected_finished" (true / false, default
                     true). false = the completion was cut off (e.g. at max_new_tokens) and did
                     not end by itself: it is tokenized without a closing EOS
@@ -106,11 +108,34 @@ def _completion(value, source: str, field: str) -> list[dict]:
     return msgs
 
 
+def _rater_votes(value: dict, source: str) -> tuple[tuple[str, bool], ...]:
+    """{rater: "chosen" | "rejected"} -> ((rater, prefers chosen), ...) sorted by rater."""
+    if not value:
+        raise DataError(source, "no rater voted: no preference to learn", "votes")
+    out = []
+    for name, choice in value.items():
+        if not name.strip():
+            raise DataError(source, "a rater's name must not be empty", "votes")
+        _check_unicode(name, source, "votes")
+        if choice not in ("chosen", "rejected"):
+            raise DataError(source, f"expected \"chosen\" or \"rejected\", got {choice!r}", f"votes.{name}")
+        out.append((name, choice == "chosen"))
+    return tuple(sorted(out))
+
+
+def _raters(raw: dict, source: str) -> tuple[tuple[str, bool], ...] | None:
+    return _rater_votes(raw["votes"], source) if isinstance(raw.get("votes"), dict) else None
+
+
 def _votes(raw: dict, source: str) -> tuple[int, int] | None:
+    if isinstance(raw.get("votes"), dict):
+        raters = _rater_votes(raw["votes"], source)
+        for_chosen = sum(prefers for _, prefers in raters)
+        return for_chosen, len(raters) - for_chosen
     if raw.get("votes") is not None:
         v, field = raw["votes"], "votes"
         if not isinstance(v, (list, tuple)) or len(v) != 2:
-            raise DataError(source, "expected [votes for chosen, votes for rejected]", field)
+            raise DataError(source, "expected [votes for chosen, votes for rejected] or {rater: \"chosen\" | \"rejected\"}", field)
     elif raw.get("chosen_votes") is not None or raw.get("rejected_votes") is not None:
         v, field = (raw.get("chosen_votes"), raw.get("rejected_votes")), "chosen_votes/rejected_votes"
     else:
@@ -232,7 +257,8 @@ def normalize_record(raw, source: str) -> PreferencePair:
         raise SkipPair("empty completion")
     if _visible(chosen) == _visible(rejected):
         raise SkipPair("identical chosen and rejected")
-    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source=source, votes=votes, **finished)
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source=source, votes=votes,
+                          raters=_raters(raw, source), **finished)
 
 
 def load_pairs(

@@ -40,6 +40,10 @@ class PreferencePair:
     votes: tuple[int, int] | None = None
     chosen_finished: bool = True
     rejected_finished: bool = True
+    # Named raters' choices, ((rater, prefers chosen), ...) sorted by rater, when the record
+    # had {"votes": {rater: "chosen" | "rejected"}}: disagreement kept as data (`votes` holds
+    # the counts).
+    raters: tuple[tuple[str, bool], ...] | None = None
 
     @property
     def is_chat(self) -> bool:
