@@ -55,3 +55,20 @@ def test_missing_torchao_is_one_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao.optim", None)  # import fails as if not installed
     with pytest.raises(ConfigError, match="pip install torchao"):
         build_optimizer(tiny_model().parameters(), TrainConfig(optimizer="adamw8bit"))
+
+
+@needs_torchao
+def test_8bit_state_inside_backward_matches_the_ordinary_8bit_step(tmp_path):
+    """The lowest-memory setting: moments in 8 bits, each parameter updated (and its gradient
+    freed) inside backward. The per-parameter update is the optimizer's own, so the weights match
+    the ordinary 8-bit step's to rounding."""
+    from test_train_loop import assert_same_weights, make_cfg, make_trainer, weights
+
+    kw = dict(max_steps=2, max_grad_norm=0.0, optimizer="adamw8bit", packing=True)
+    plain = make_trainer(make_cfg(tmp_path / "plain", **kw))
+    inbwd = make_trainer(make_cfg(tmp_path / "inbwd", optimizer_in_backward=True, **kw))
+    for step in range(2):
+        a, b = plain.train_step(step), inbwd.train_step(step)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+        assert not b["skipped"]
+    assert_same_weights(weights(plain.model), weights(inbwd.model), atol=1e-6)
