@@ -50,9 +50,16 @@ def _row(prompt: list[int], completion: list[int]) -> tuple[list[int], list[int]
 
 def collate_pairs(items: list[TokenizedPair], pad_id: int, *, include_rejected: bool = True) -> dict:
     """Right-padded batch in [chosen; rejected] order (see module docstring)."""
-    rows = [_row(p.prompt_ids, p.chosen_ids) for p in items]
+    completions = [(p.prompt_ids, p.chosen_ids) for p in items]
     if include_rejected:
-        rows += [_row(p.prompt_ids, p.rejected_ids) for p in items]
+        completions += [(p.prompt_ids, p.rejected_ids) for p in items]
+    return {**pad_rows(completions, pad_id), "pair_index": torch.tensor([p.index for p in items], dtype=torch.long)}
+
+
+def pad_rows(completions: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """(prompt ids, completion ids) per row -> right-padded input_ids, attention_mask and
+    labels (prompt and padding masked with IGNORE_INDEX)."""
+    rows = [_row(prompt, completion) for prompt, completion in completions]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -61,9 +68,4 @@ def collate_pairs(items: list[TokenizedPair], pad_id: int, *, include_rejected: 
         input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         labels[i, : len(labs)] = torch.tensor(labs, dtype=torch.long)
         attention_mask[i, : len(ids)] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "pair_index": torch.tensor([p.index for p in items], dtype=torch.long),
-    }
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

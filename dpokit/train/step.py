@@ -169,18 +169,11 @@ def kto_step(model, reference, items, pad_id, cfg, *, labels: dict[int, bool], z
 def _ranked_logps(model, items, pad_id):
     """(summed log-probs (B, K), token counts (B, K), valid (B, K)) of every response of every
     record, as one padded batch of prompt + response rows (K may differ between records)."""
-    from dpokit.data.collate import IGNORE_INDEX, _row
+    from dpokit.data.collate import pad_rows
 
     k = max(len(p.response_ids) for p in items)
-    rows = [_row(p.prompt_ids, r) for p in items for r in p.response_ids]
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, : len(ids)], labels[i, : len(lab)], mask[i, : len(ids)] = torch.tensor(ids), torch.tensor(lab), 1
-    batch = _on_model_device(model, {"input_ids": input_ids, "attention_mask": mask, "labels": labels})
-    out = batch_logps(model, batch)
+    batch = pad_rows([(p.prompt_ids, r) for p in items for r in p.response_ids], pad_id)
+    out = batch_logps(model, _on_model_device(model, batch))
     logps = out.logps.new_zeros(len(items), k)
     counts = out.counts.new_ones(len(items), k)
     valid = torch.zeros(len(items), k, dtype=torch.bool, device=logps.device)
