@@ -14,9 +14,11 @@ A principle that does not apply to a prompt's kind gives every response the same
 `score(prompt, response)` is the tuple of the four values (1 = satisfied, 0 = not or not
 applicable), so ranking K samples is a sort and `label_pair` is a tuple comparison.
 
-`build_pairs` makes pairs only with an ACCEPTABLE chosen response: one that satisfies every
-principle that applies (not degenerate, and a refusal / an answer / a pass as the kind asks).
-`label_pair` alone would prefer harmful compliance to an empty answer (principle 4) or an
+`build_pairs` drops empty samples and repeats first (dpokit's loader would skip a pair with
+an empty side or two equal sides), then makes pairs only with an ACCEPTABLE chosen response:
+one that satisfies every principle that applies (not degenerate, and a refusal / an answer /
+a pass as the prompt's kind asks).
+`label_pair` alone would prefer harmful compliance to a looping answer (principle 4) or an
 empty answer to a refusal of a harmless question (principle 2); as training pairs these
 would teach compliance, emptiness or degeneration, so they are never made. With no acceptable
 sample, the critique -> revision step (Bai et al. 2022, rules instead of a model) may supply
@@ -25,8 +27,9 @@ the chosen response:
 * constraint prompt: `constraints.revise` of the failing, non-degenerate samples in rank
   order (ties in sample order); the first revision that passes `check`, is not degenerate and
   differs from its original gives the pair (revision > original), origin "revised".
-* harmful prompt: a fixed short refusal (one of REFUSALS, chosen by `rng`) over the first
-  non-refusal sample (non-degenerate ones first), origin "revised".
+* harmful prompt: a fixed short refusal (one of REFUSALS, chosen by `rng`) over one sample:
+  the first non-refusal that is not degenerate, else the first non-refusal, else the first
+  (degenerate) refusal; origin "revised".
 * harmless prompt: no rule can write an answer; no pair.
 """
 
@@ -38,8 +41,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from dpokit.config import ConfigError
+from dpokit.data.normalize import _visible_text
 from dpokit.instructions.constraints import SENTENCE_END_RE, check, revise, words
-from dpokit.instructions.prompts import InstructionPrompt, as_messages
+from dpokit.instructions.prompts import InstructionPrompt
 from dpokit.instructions.refusal import is_refusal
 
 REFUSALS: tuple[str, ...] = (
@@ -62,7 +67,8 @@ _UNIT_BREAK = re.compile(SENTENCE_END_RE.pattern + r"|\n")
 def is_degenerate(text: str) -> bool:
     """True when the response is
 
-    * empty: no non-whitespace character;
+    * empty: nothing visible (whitespace and invisible characters only, as dpokit's loader
+      reads a completion: `normalize._visible_text`);
     * a loop: some sentence of at least DEGENERATE_MIN_WORDS (2) words occurs at least
       DEGENERATE_REPEATS (3) times. Sentences end after . ! ? followed by whitespace, or at a
       line break (so a repeated line counts); two sentences are the same when their words
@@ -73,7 +79,7 @@ def is_degenerate(text: str) -> bool:
       character (casefolded) makes up MORE than DEGENERATE_CHAR_SHARE (90%).
 
     Not caught: a loop with no sentence break ("the the the ..."), a sentence repeated twice."""
-    visible = "".join(text.split()).casefold()
+    visible = "".join(_visible_text(text).split()).casefold()
     if not visible:
         return True
     if len(visible) >= DEGENERATE_MIN_CHARS and Counter(visible).most_common(1)[0][1] > DEGENERATE_CHAR_SHARE * len(visible):
@@ -165,11 +171,13 @@ def _pair(prompt: InstructionPrompt, chosen: str, rejected: str, origin: str) ->
 
 
 def _distinct(samples: Iterable[str]) -> list[str]:
-    """Samples in order, repeats dropped (equal once surrounding whitespace is stripped)."""
-    seen, out = set(), []
+    """Samples in order, with empty ones and repeats dropped, by dpokit's loader's rules
+    (`normalize`): a pair with an empty side, or two sides equal once invisible characters and
+    surrounding whitespace are dropped, would be skipped when loaded."""
+    seen, out = {""}, []
     for s in samples:
-        if s.strip() not in seen:
-            seen.add(s.strip())
+        if _visible_text(s) not in seen:
+            seen.add(_visible_text(s))
             out.append(s)
     return out
 
@@ -181,9 +189,11 @@ def build_pairs_explained(prompt: InstructionPrompt, samples: list[str], *, rng:
     share the top score) against every lower-scored one, ordered by the deciding principle
     (principle 1 first), ties broken by `rng`; the first `max_pairs_per_prompt` are kept.
     With no acceptable sample, the revision rules of the module docstring apply."""
+    if not isinstance(max_pairs_per_prompt, int) or max_pairs_per_prompt < 1:
+        raise ConfigError(f"max_pairs_per_prompt must be an integer >= 1, got {max_pairs_per_prompt!r}")
     distinct = _distinct(samples)
     if not distinct:
-        return [], "no samples"
+        return [], "only empty samples" if samples else "no samples"
     ranked = sorted(distinct, key=lambda s: score(prompt, s), reverse=True)  # stable: ties keep sample order
     best = [s for s in ranked if is_acceptable(prompt, s)]
     if best:
@@ -202,10 +212,9 @@ def build_pairs_explained(prompt: InstructionPrompt, samples: list[str], *, rng:
 def _revised(prompt: InstructionPrompt, ranked: list[str], rng: random.Random) -> tuple[list[LabelledPair], str | None]:
     """The critique -> revision step for a prompt with no acceptable sample."""
     if prompt.kind == "harmful":
-        originals = [s for s in ranked if not is_refusal(s)]
-        if not originals:
-            return [], "harmful: only degenerate refusals"
-        original = min(originals, key=is_degenerate)  # first non-degenerate, else the first
+        # the rejected one: harmful compliance first, then an empty or looping non-refusal,
+        # then a degenerate refusal (each in rank order)
+        original = min(ranked, key=lambda s: (is_refusal(s), is_degenerate(s)))
         return [_pair(prompt, rng.choice(REFUSALS), original, "revised")], None
     if prompt.kind == "harmless":
         return [], "harmless: every sample refuses or is degenerate"
@@ -213,7 +222,7 @@ def _revised(prompt: InstructionPrompt, ranked: list[str], rng: random.Random) -
         if is_degenerate(original):
             continue
         revision = revise(prompt.constraint, original)
-        if revision is not None and not is_degenerate(revision) and revision.strip() != original.strip():
+        if revision is not None and not is_degenerate(revision) and _visible_text(revision) != _visible_text(original):
             return [_pair(prompt, revision, original, "revised")], None
     return [], "constraint: no sample could be revised"
 
@@ -265,7 +274,3 @@ def to_jsonl_records(pairs: Iterable[LabelledPair]) -> list[dict]:
     return [{"prompt": [{"role": "user", "content": p.prompt}], "chosen": p.chosen, "rejected": p.rejected,
              "origin": p.origin, "principle": p.reason, "prompt_id": p.prompt_id} for p in pairs]
 
-
-__all__ = ["PRINCIPLES", "REFUSALS", "LabelledPair", "as_messages", "build_all_pairs", "build_pairs",
-           "build_pairs_explained", "decide", "is_acceptable", "is_degenerate", "label_pair",
-           "pairs_report", "score", "to_jsonl_records"]
