@@ -32,7 +32,7 @@ def test_yaml_then_overrides(tmp_path):
     ("lora.rank=1", "unknown config key(s) in 'lora': rank; valid keys: alpha, dropout, r, target_modules"),
     ("beta=high", "beta: expected float"),
     ("packing=3", "packing: expected true/false"),
-    ("optimizer=sgd", "optimizer: 'sgd' is not one of adamw, rmsprop"),
+    ("optimizer=sgd", "optimizer: 'sgd' is not one of adamw, adamw8bit, rmsprop"),
     ("reference=adapter", "reference=adapter needs LoRA"),
     ("max_prompt_length=600", "max_prompt_length must be < max_length"),
 ])
@@ -186,7 +186,7 @@ def test_recipes_are_package_data():
     from dpokit.tasks.registry import _default_config
 
     names = sorted(p.name for p in resources.files("dpokit.configs").iterdir() if p.name.endswith(".yaml"))
-    expected = ["dpo", "frontier", "frontier_quick", "ppo_sentiment", "rloo_sentiment", "rm", "sentiment", "sentiment_quick", "sft"]
+    expected = ["dpo", "frontier", "frontier_quick", "kto", "ppo_sentiment", "rloo_sentiment", "rm", "sentiment", "sentiment_quick", "sft"]
     assert names == [f"{n}.yaml" for n in expected] and recipes() == expected
     assert _default_config("sentiment", quick=True).name == "sentiment_quick.yaml"
     assert load_config(SentimentConfig, _default_config("sentiment", quick=False)).prompts.n_train == 240

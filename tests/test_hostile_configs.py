@@ -61,7 +61,7 @@ CASES = {
     "unknown_nested_key.yaml": ("unknown config key(s) in 'lora': rank; valid keys: alpha, dropout, r", BOTH),
     "numeric_key.yaml": ("unknown config key(s): 1; valid keys:", BOTH),
     "empty_model.yaml": ("model must not be empty", BOTH),
-    "bad_choice.yaml": ("optimizer: 'sgd' is not one of adamw, rmsprop", BOTH),
+    "bad_choice.yaml": ("optimizer: 'sgd' is not one of adamw, adamw8bit, rmsprop", BOTH),
     "alias_bomb.yaml": ("lora.target_modules: expected str, got ['x', 'x', 'x', 'x', 'x', 'x', ...]", BOTH),
     "optimizer_in_backward_with_clipping.yaml": ("set max_grad_norm=0, grad_accum=1", BOTH),
     "yaml_syntax_error.yaml": ("yaml_syntax_error.yaml:3:7: YAML error: while parsing a flow sequence", BOTH),

@@ -179,8 +179,8 @@ def nan_loss_on_steps(trainer, monkeypatch, steps: set[int]) -> None:
     micro-batch per step and no evaluation before the last of them)."""
     real, calls = trainer._loss, {"n": 0}
 
-    def loss(items, reference, votes):
-        losses, sums = real(items, reference, votes)
+    def loss(items, reference, votes, *args, **kwargs):
+        losses, sums = real(items, reference, votes, *args, **kwargs)
         calls["n"] += 1
         return (losses * float("nan") if calls["n"] in steps else losses), sums
 
@@ -273,8 +273,8 @@ def test_nan_step_is_skipped_counted_and_not_saved(tmp_path, monkeypatch):
     real = trainer._loss
     calls = {"n": 0}
 
-    def flaky(items, reference, votes):
-        losses, sums = real(items, reference, votes)
+    def flaky(items, reference, votes, *args, **kwargs):
+        losses, sums = real(items, reference, votes, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:  # second optimizer step
             losses = losses * float("nan")
