@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="also write the audit as JSON")
     p.add_argument("--max-examples", type=_count, default=DEFAULT_MAX_EXAMPLES, metavar="N", help=f"examples shown per finding (default {DEFAULT_MAX_EXAMPLES})")
     p.add_argument("--split", help="split of a datasets dir (default train)")
+    p = sub.add_parser("inspect", help="where a policy differs from its reference: weights, residual stream, logit lens, patching")
+    p.add_argument("policy", help="trained model dir (or LoRA adapter dir)")
+    p.add_argument("--ref", help="reference model dir (default for a LoRA adapter: its base model)")
+    p.add_argument("--prompts", required=True, help='prompt or pair file ({"prompt": ...}; "completion"/"chosen" enable patching)')
+    p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    p.add_argument("--max-prompts", type=_count, default=64, metavar="N", help="use the first N prompts (default 64; 0 = all)")
+    p.add_argument("--max-length", type=_count, default=256, metavar="N", help="tokens per prompt + completion (default 256)")
     p = sub.add_parser("run", help="run a case study end to end (e.g. sentiment)")
     p.add_argument("task")
     p.add_argument("--config", help="YAML file or packaged recipe name (default: TASK, --quick: TASK_quick)")
@@ -187,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
             return _score_command(args)
         if args.command == "audit":
             return _audit_command(args)
+        if args.command == "inspect":
+            from dpokit.shift.command import run_inspect
+
+            run_inspect(args.policy, args.ref, args.prompts, json_out=args.json, max_prompts=args.max_prompts,
+                        max_length=args.max_length)
+            return 0
         if args.command == "demo":
             args.task, args.config = "sentiment", None
         return _run_command(args)

@@ -287,3 +287,32 @@ def test_summary_definitions_by_hand():
     assert s["largest_shift_layer"] == 2
     assert s["top1_dominant_layers"] == [1, 3] and s["direction_localised"]  # 2 of 3 > half
     assert s["patching_half_layer"] == 2
+
+
+def test_the_inspect_command_finds_a_planted_shift(tmp_path, capsys):
+    """`dpokit inspect` end to end: a policy saved with one changed matrix, a pair file (its
+    chosen answers enable patching): the JSON names that matrix first; bad input is one line."""
+    import json as _json
+
+    from dpokit.cli import main
+    from dpokit.testing import tiny_model, tiny_tokenizer
+
+    ref, policy = tiny_model(), tiny_model()
+    with torch.no_grad():
+        policy.model.layers[1].mlp.down_proj.weight.add_(0.5)
+    for name, model in (("ref", ref), ("policy", policy)):
+        model.save_pretrained(tmp_path / name)
+        tiny_tokenizer().save_pretrained(tmp_path / name)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(_json.dumps({"prompt": f"question {i}?", "chosen": f"answer {i}", "rejected": "no"}) + "\n"
+                             for i in range(4)))
+    out = tmp_path / "shift.json"
+    assert main(["inspect", str(tmp_path / "policy"), "--ref", str(tmp_path / "ref"), "--prompts", str(pairs),
+                 "--json", str(out)]) == 0
+    report = _json.loads(out.read_text())
+    assert report["weights"][0]["name"].endswith("layers.1.mlp.down_proj.weight")
+    assert report["patching"] is not None  # the chosen answers were used as completions
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "policy"), "--prompts", str(pairs)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ref is needed" in err
