@@ -8,12 +8,12 @@ data-parallel ranks (NCCL on GPUs, gloo on CPUs). Nothing else in dpokit names a
 Precision: `mixed_precision` in the config. "auto" (the default) is bf16 autocast on a CUDA
 device that supports it and fp32 on the CPU, where bf16 is faster on some cores but moves
 per-pair log-probs by up to ~1.4 nats (measured on the 135M model): opt-in there; "bf16" or
-"no" force it. Weights stay in the
-config's `dtype` (float32 by default) and log-softmax always runs in fp32
-(dpokit.logprobs), so autocast touches the matmuls only.
+"no" force it. Weights stay in the config's `dtype` (float32 by default) and log-softmax always
+runs in fp32 (dpokit.logprobs), so autocast touches the matmuls only.
 
-Data parallelism is accelerate's DistributedDataParallel (or FSDP / DeepSpeed when the launch
-config asks for them): gradients are reduced by the engine, never here. dpokit's loss code
+Data parallelism is accelerate's DistributedDataParallel (FSDP / DeepSpeed launch configs are
+refused by the trainer for now: dpokit.train.loop.check_data_parallel): gradients are reduced by
+the engine, never here. dpokit's loss code
 calls the model's body and head directly (the chunked head, the packed block mask), not the
 model's own forward, so the policy is wrapped in `FunctionRunner` first: the engine's wrapper
 then sees every forward pass, as it must to reduce that pass's gradients.
@@ -64,8 +64,9 @@ def launched_processes() -> int:
 def current() -> Placement:
     """This process's device, rank and world size (initialises the process group once)."""
     state = _state()
-    return Placement(torch.device(state.device.type, state.device.index) if state.device.type == "cuda" else torch.device("cpu"),
-                     state.process_index, state.num_processes, state.distributed_type.name)
+    # A GPU rank keeps its index; accelerate gives CPU ranks index 0, but they share one device.
+    device = state.device if state.device.type == "cuda" else torch.device(state.device.type)
+    return Placement(device, state.process_index, state.num_processes, state.distributed_type.name)
 
 
 def bf16_autocast_wanted(setting: str, device: torch.device) -> bool:
