@@ -74,3 +74,17 @@ def test_a_run_asked_for_twice_in_one_sweep_is_computed_once(tmp_path):
     assert runs.run("dpo-beta0.1", "k", compute) == runs.run("dpo-beta0.1", "k", compute) and len(calls) == 1
     other, other_calls = _counting({"points": [2]})
     assert runs.run("dpo-beta0.1", "k2", other) == {"points": [2]} and len(other_calls) == 1
+
+
+def test_an_option_added_at_its_neutral_default_keeps_the_keys_of_finished_runs():
+    import dataclasses
+
+    from dpokit.config import TrainConfig
+    from dpokit.tasks.frontier_runs import LATER_SETTINGS, key_of, settings_of
+
+    cfg = TrainConfig(objective="rm", lr=3e-5)
+    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in LATER_SETTINGS}  # as stored before they existed
+    assert key_of(settings_of(cfg)) == key_of(before)
+    changed = dataclasses.replace(cfg, mixed_precision="bf16")  # a non-default value is part of the key
+    assert key_of(settings_of(changed)) != key_of(before)
+    assert all(getattr(TrainConfig(), k) == v for k, v in LATER_SETTINGS.items())  # the defaults named are the real ones

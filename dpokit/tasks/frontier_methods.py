@@ -13,11 +13,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dpokit.config import to_dict
 from dpokit.eval.calibration import margin_calibration, spearman
 from dpokit.tasks import sentiment as st
 from dpokit.tasks.frontier_config import FrontierConfig
-from dpokit.tasks.frontier_runs import FinishedRuns, file_digest, key_of
+from dpokit.tasks.frontier_runs import FinishedRuns, file_digest, key_of, settings_of
 
 
 @dataclass
@@ -65,7 +64,7 @@ def reward_model(sw: Sweep, heldout_pairs: list[dict]) -> dict:
         eval_fraction=0.0, lr=cfg.rm.lr, head_lr=cfg.rm.head_lr, epochs=cfg.rm.epochs, batch_size=cfg.rm.batch_size, max_steps=0,
         output_dir=str(run_dir / "rm"), save_every=0,
     )
-    sw.rm_key = key_of(sw.base, to_dict(rm_cfg), file_digest(rm_cfg.data), heldout_pairs)
+    sw.rm_key = key_of(sw.base, settings_of(rm_cfg), file_digest(rm_cfg.data), heldout_pairs)
     done = sw.runs.run("rm", sw.rm_key, partial(_fit_reward_model, rm_cfg, heldout_pairs, sw.evaluator),
                        intact=lambda r: (Path(r["final_dir"]) / "config.json").exists())
     report = done["report"]
@@ -137,7 +136,7 @@ def dpo(sw: Sweep, beta: float, at: list[int], seed: int | None = None) -> dict:
         output_dir=str(sw.run_dir / name), save_every=at[0] if len(at) > 1 else 0, keep_checkpoints=0,
         seed=sw.cfg.seed if seed is None else seed,
     )
-    key = key_of(sw.base, to_dict(dpo_cfg), file_digest(dpo_cfg.data), at)
+    key = key_of(sw.base, settings_of(dpo_cfg), file_digest(dpo_cfg.data), at)
     return sw.runs.run(name, key, partial(_dpo_run, dpo_cfg, beta, sw.evaluator))
 
 
@@ -160,7 +159,7 @@ def _dpo_run(dpo_cfg, beta: float, evaluator) -> dict:
 
 def preferred_ft(sw: Sweep) -> dict:
     sft_cfg = st.sft_config(sw.cfg, sw.run_dir)
-    key = key_of(sw.base, to_dict(sft_cfg), file_digest(sft_cfg.data))
+    key = key_of(sw.base, settings_of(sft_cfg), file_digest(sft_cfg.data))
     return sw.runs.run("sft", key, partial(_preferred_ft_run, sw.cfg, sw.run_dir, sw.evaluator))["point"]
 
 
@@ -186,7 +185,7 @@ def ppo(sw: Sweep, method: str, reward: str, coef: float, n_points: int, seed: i
         temperature=cfg.pairs.temperature, seed=cfg.seed if seed is None else seed, output_dir=str(sw.run_dir / name),
         progress=False,
     )
-    key = key_of(sw.base, to_dict(ppo_cfg), sw.rm_key, sw.train_prompts, n_points)
+    key = key_of(sw.base, settings_of(ppo_cfg), sw.rm_key, sw.train_prompts, n_points)
     return sw.runs.run(name, key, partial(_ppo_run, sw, ppo_cfg, method, coef, n_points))
 
 
@@ -211,7 +210,7 @@ def rloo(sw: Sweep, coef: float) -> dict:
         k=r.k, lr=r.lr, max_new_tokens=cfg.pairs.max_new_tokens, temperature=cfg.pairs.temperature, seed=cfg.seed,
         output_dir=str(sw.run_dir / f"rloo-kl{coef}"), progress=False,
     )
-    key = key_of(sw.base, to_dict(rloo_cfg), sw.rm_key, sw.train_prompts, r.points)
+    key = key_of(sw.base, settings_of(rloo_cfg), sw.rm_key, sw.train_prompts, r.points)
     return sw.runs.run(f"rloo-kl{coef}", key, partial(_rloo_run, sw, rloo_cfg, coef))
 
 

@@ -22,6 +22,20 @@ from pathlib import Path
 RUN_FILE = "frontier_run.json"
 
 
+# Settings added to the configs after runs were stored, whose default reproduces what those
+# runs did: left out of a run's settings while at that default, so adding an option does not
+# turn every finished run into a changed one (a non-default value is part of the key).
+LATER_SETTINGS = {"mixed_precision": "auto", "kto_desirable_weight": 1.0, "kto_undesirable_weight": 1.0,
+                  "rrhf_rank_weight": 100.0}
+
+
+def settings_of(cfg) -> dict:
+    """A run's config as its key sees it: every field, less LATER_SETTINGS at their defaults."""
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
+
+
 def key_of(*parts) -> str:
     """A short digest of JSON-able parts (dict order does not matter)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
