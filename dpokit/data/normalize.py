@@ -272,6 +272,13 @@ def load_pairs(
     records at all (empty, or blank lines only) raises `DataError`: it is surely not the
     data set the caller meant. One whose records were all skipped returns no pairs and the
     counts, for the caller to judge (`records.require_pairs`; the audit shows them)."""
+    return load_records(path, normalize_record, split=split, on_malformed=on_malformed)
+
+
+def load_records(path: str | Path, normalize, *, split: str | None = None, on_malformed: str = "raise") -> tuple[list, SkipReport]:
+    """Every record of `path` through `normalize(raw, source)` (pairs, KTO's labelled
+    completions, RRHF's ranked responses), with `load_pairs`' contract: DataError or a counted
+    `malformed:` skip, SkipPair counted, a file without records a DataError."""
     if on_malformed not in ("raise", "skip"):
         raise ValueError(f"on_malformed must be 'raise' or 'skip', got {on_malformed!r}")
     report = SkipReport()
@@ -280,19 +287,19 @@ def load_pairs(
         report.add(f"malformed: {err.reason}", err.source)
 
     on_invalid = count_malformed if on_malformed == "skip" else None
-    pairs = []
+    records = []
     for source, raw in read_records(path, split, on_invalid=on_invalid):
         try:
-            pairs.append(normalize_record(raw, source))
+            records.append(normalize(raw, source))
         except SkipPair as skip:
             report.add(skip.reason, source)
         except DataError as err:
             if on_invalid is None:
                 raise
             count_malformed(err)
-    if not pairs and not report.total:
+    if not records and not report.total:
         raise DataError(Path(path).name, "holds no records")
-    return pairs, report
+    return records, report
 
 
 def split_pairs(pairs: list[PreferencePair], eval_fraction: float, seed: int) -> tuple[list, list]:

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
-from dpokit.data.formats import read_records
-from dpokit.data.normalize import _check_unicode, _completion, _is_empty, _messages, _type_name, _visible
+from dpokit.data.normalize import _check_unicode, _completion, _is_empty, _messages, _type_name, _visible, load_records
 from dpokit.data.records import DataError, PreferencePair, SkipPair, SkipReport
 
 
@@ -88,25 +87,7 @@ def normalize_ranked(raw, source: str) -> RankedResponses:
 def load_ranked(path: str | Path, *, split: str | None = None, on_malformed: str = "raise") -> tuple[list[RankedResponses], SkipReport]:
     """Read and validate a file of ranked responses (the on_malformed contract and counted
     skips of `dpokit.data.normalize.load_pairs`)."""
-    report = SkipReport()
-
-    def count_malformed(err: DataError) -> None:
-        report.add(f"malformed: {err.reason}", err.source)
-
-    on_invalid = count_malformed if on_malformed == "skip" else None
-    records = []
-    for source, raw in read_records(path, split, on_invalid=on_invalid):
-        try:
-            records.append(normalize_ranked(raw, source))
-        except SkipPair as skip:
-            report.add(skip.reason, source)
-        except DataError as err:
-            if on_invalid is None:
-                raise
-            count_malformed(err)
-    if not records and not report.total:
-        raise DataError(Path(path).name, "holds no records")
-    return records, report
+    return load_records(path, normalize_ranked, split=split, on_malformed=on_malformed)
 
 
 def tokenize_ranked(records: list[RankedResponses], tokenizer, settings) -> tuple[list[TokenizedRanked], SkipReport]:

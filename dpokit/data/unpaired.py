@@ -27,8 +27,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpokit.data.formats import read_records
-from dpokit.data.normalize import _check_unicode, _completion, _finished, _is_empty, _messages, _type_name
+from dpokit.data.normalize import _check_unicode, _completion, _finished, _is_empty, _messages, _type_name, load_records
 from dpokit.data.records import DataError, PreferencePair, SkipPair, SkipReport
 
 
@@ -78,26 +77,7 @@ def normalize_labelled(raw, source: str) -> LabelledCompletion:
 def load_labelled(path: str | Path, *, split: str | None = None, on_malformed: str = "raise") -> tuple[list[LabelledCompletion], SkipReport]:
     """Read and validate a file of labelled completions (same readers, same on_malformed
     contract and counted skips as `dpokit.data.normalize.load_pairs`)."""
-    if on_malformed not in ("raise", "skip"):
-        raise ValueError(f"on_malformed must be 'raise' or 'skip', got {on_malformed!r}")
-    report = SkipReport()
-
-    def count_malformed(err: DataError) -> None:
-        report.add(f"malformed: {err.reason}", err.source)
-
-    on_invalid = count_malformed if on_malformed == "skip" else None
-    records = []
-    for source, raw in read_records(path, split, on_invalid=on_invalid):
-        try:
-            records.append(normalize_labelled(raw, source))
-        except SkipPair as skip:
-            report.add(skip.reason, source)
-        except DataError as err:
-            if on_invalid is None:
-                raise
-            count_malformed(err)
-    if not records and not report.total:
-        raise DataError(Path(path).name, "holds no records")
+    records, report = load_records(path, normalize_labelled, split=split, on_malformed=on_malformed)
     _require_one_kind(records)
     return records, report
 
