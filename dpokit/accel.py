@@ -103,8 +103,6 @@ class FunctionRunner(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        # FSDP's auto-wrap policy reads the transformer block classes from here.
-        self._no_split_modules = getattr(model, "_no_split_modules", None)
 
     def forward(self, fn, *args, **kwargs):
         return fn(self.model, *args, **kwargs)
