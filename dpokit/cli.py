@@ -103,6 +103,18 @@ def _run_command(args) -> int:
     return registry.run_task(args.task, args.config, args.overrides, quick=args.quick, resume=getattr(args, "resume", False))
 
 
+def _study_command(args) -> int:
+    from dpokit.studies import run_study
+
+    config = args.config
+    if config is not None and "=" in config:  # argparse took the first override for the positional
+        args.overrides, config = [config] + list(args.overrides), None
+    if config is not None and args.config_opt is not None:
+        raise ConfigError(f"two configs given: {config} and --config {args.config_opt}")
+    run_study(args.name, config or args.config_opt, args.overrides, quick=args.quick, resume=args.resume)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpokit", description="Direct preference optimization, with the evidence.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="frontier: reuse the runs a previous sweep in output_dir finished with the same settings; redo the rest")
     p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("study", help="a study of where DPO breaks (noise, beta-noise, reference, calibration, ...)")
+    p.add_argument("name")
+    p.add_argument("config", nargs="?", help="YAML file or packaged recipe (default: study_NAME, --quick: study_NAME_quick)")
+    p.add_argument("--config", dest="config_opt", metavar="CONFIG", help="the same as the positional CONFIG")
+    p.add_argument("--quick", action="store_true", help="the toy-size preset (about a minute)")
+    p.add_argument("--resume", action="store_true", help="reuse finished runs (of any study) whose settings and inputs match")
+    p.add_argument("overrides", nargs="*")
     p = sub.add_parser("demo", help="= dpokit run sentiment with the default recipe")
     p.add_argument("--quick", action="store_true")
     p.add_argument("overrides", nargs="*")
@@ -200,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             run_inspect(args.policy, args.ref, args.prompts, json_out=args.json, max_prompts=args.max_prompts,
                         max_length=args.max_length)
             return 0
+        if args.command == "study":
+            return _study_command(args)
         if args.command == "demo":
             args.task, args.config = "sentiment", None
         return _run_command(args)
