@@ -93,6 +93,40 @@ def soft_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, 
     return -q * F.logsigmoid(beta * h) - (1 - q) * F.logsigmoid(-beta * h), cr, rr
 
 
+def panel_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *, beta: float,
+                   vote_counts: Tensor) -> LossOutput:
+    """Panel DPO (ours, for a panel of annotators who disagree systematically): with
+    n = votes on the pair (c for chosen + r for rejected, `vote_counts` (B, 2)),
+
+        L = −(1/n) [ 1{r = 0} log σ(n β h) + 1{c = 0} log σ(−n β h) ]
+
+    Only unanimous pairs carry loss; a split vote gives L = 0 and no gradient. A pair
+    without votes counts as one vote for chosen (c = 1, r = 0): then L is DPO's.
+
+    Why (the derivation is in docs/studies.md): annotators a = 1..n vote independently,
+    a for chosen with probability P_a. Setting the expected gradient to zero,
+    Π_a P_a · σ(−nβh) = Π_a (1 − P_a) · σ(nβh), gives
+
+        n β h* = Σ_a logit P_a          (the minimiser of the expected loss)
+
+    For Bradley–Terry annotators, P_a = σ(Δz_k(a) / T) with Δz the standardised score gap of
+    the annotator's criterion k(a), this is β h* = Σ_k w_k Δz_k / T = ΔU / T: the implicit
+    reward recovers the mixture's expected utility U = Σ_k w_k z_k (w_k = criterion k's share
+    of the panel), whatever the disagreement. Soft labels give σ(βh*) = (1/n) Σ_a P_a (the
+    vote share, which counts preferences instead of weighing them) and majority labels
+    σ(βh*) = P(majority prefers chosen). The 1/n keeps the gradient in βh the size of DPO's."""
+    h, cr, rr = _margin_and_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    counts = torch.as_tensor(vote_counts, dtype=h.dtype, device=h.device).reshape(-1, 2)
+    for_chosen, for_rejected = counts[:, 0], counts[:, 1]
+    n = for_chosen + for_rejected
+    if bool((n <= 0).any()) or bool((counts < 0).any()):
+        raise ValueError("vote_counts must be non-negative with at least one vote per pair")
+    z = n * beta * h
+    all_chosen, all_rejected = (for_rejected == 0).to(h.dtype), (for_chosen == 0).to(h.dtype)
+    losses = -(all_chosen * F.logsigmoid(z) + all_rejected * F.logsigmoid(-z)) / n
+    return losses, cr, rr
+
+
 def simpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta: float, gamma: float) -> LossOutput:
     """SimPO (Meng et al. 2024, eq. 6), no reference; ℓ = per-token mean log-probs:
 
@@ -170,6 +204,7 @@ LOSSES: dict[str, LossSpec] = {
     "ipo": LossSpec(ipo_loss, average_logps=True),
     "hinge": LossSpec(hinge_loss),
     "soft": LossSpec(soft_dpo_loss, ("target_prob",)),
+    "panel": LossSpec(panel_dpo_loss, ("vote_counts",)),
     "simpo": LossSpec(simpo_loss, ("gamma",), average_logps=True, reference_free=True),
     "orpo": LossSpec(orpo_loss, ("lam",), average_logps=True, reference_free=True),
 }

@@ -66,6 +66,12 @@ def target_probs(items: list[TokenizedPair], votes: dict[int, tuple[int, int]] |
     return torch.tensor(qs, dtype=torch.float32)
 
 
+def vote_counts(items: list[TokenizedPair], votes: dict[int, tuple[int, int]] | None) -> torch.Tensor:
+    """(votes for chosen, votes for rejected) per pair, (B, 2); (1, 0) where a pair has none:
+    a plain pair is one vote for its chosen side (loss=panel is then DPO)."""
+    return torch.tensor([list((votes or {}).get(p.index) or (1, 0)) for p in items], dtype=torch.float32)
+
+
 def pairwise_step(model, reference, items, pad_id, cfg, *, votes=None) -> tuple[torch.Tensor, MetricSums]:
     """Unreduced per-pair losses (B,) with gradients, plus this micro-batch's metric sums.
 
@@ -97,6 +103,8 @@ def _loss_kwargs(spec, cfg, items, votes) -> dict:
         kwargs["label_smoothing"] = cfg.label_smoothing
     if "target_prob" in spec.extra:
         kwargs["target_prob"] = target_probs(items, votes)
+    if "vote_counts" in spec.extra:
+        kwargs["vote_counts"] = vote_counts(items, votes)
     if "gamma" in spec.extra:
         kwargs["gamma"] = cfg.simpo_gamma
     if "lam" in spec.extra:
