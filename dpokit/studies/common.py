@@ -36,7 +36,10 @@ API (all in this module):
             kl_own_ref KL(π‖own reference) where the run's reference is not the base model
             margins    h = (πa − ra) − (πb − rb) (summed log-probs, reference = the run's own)
                        for each calibration pair, None where a pair was not tokenized
+            scores     with score={name: pair file}: h of each record of those files (e.g. the
+                       run's own noisy training pairs: which labels did it learn?)
             train      steps, train_seconds, last training metrics
+            run        the run's directory name under runs_dir
             final_dir  the trained model (None once deleted: keep_models=false deletes the
                        weights of DPO-family runs after evaluation; SFT runs are always kept,
                        they are references)
@@ -150,8 +153,8 @@ class Study:
         self.records: list[dict] = []
         self.pair_counts: dict = {}
         self.calibration_pairs: list[dict] = []
-        self._calib_items = None
-        self._calib_ref: dict = {}  # reference name → its (a, b) log-probs of the calibration pairs
+        self._items: dict = {}  # pair file → (tokenized pairs, their lines, records in the file)
+        self._ref_logps: dict = {}  # (reference name, pair file) → its (chosen, rejected) log-probs
 
     def write_pairs(self, label: str, records: list[dict]) -> Path:
         """records → runs_dir/data/<label>-<digest>.jsonl (written once; same records, same file)."""
@@ -175,24 +178,28 @@ class Study:
         return st.train_config_of(self.cfg, **{**base, **changes})
 
     def train(self, label: str, data: Path, *, method: str | None = None, setting: str = "", evaluate: bool = True,
-              **changes) -> dict:
+              score: dict[str, Path] | None = None, **changes) -> dict:
         """One run, reused by key under --resume (module docstring). `method` / `setting`: how
-        its point is labelled (default: the loss, or "sft")."""
+        its point is labelled (default: the loss, or "sft"). `score`: {name: pair file} whose
+        margins h (policy against its own reference) the result keeps under result["scores"][name]."""
         from dpokit.tasks.frontier_runs import file_digest, key_of, settings_of
 
         train_cfg = self.train_config(data, **changes)
         settings = {k: v for k, v in settings_of(train_cfg).items() if k not in STUDY_RUN_IGNORED}
-        key = key_of(self.base, settings, file_digest(data), evaluate)
+        score = dict(score or {})
+        key = key_of(self.base, settings, file_digest(data), evaluate, {k: file_digest(v) for k, v in score.items()} or None)
         name = f"{label}-{key[:8]}"
         train_cfg = dataclasses.replace(train_cfg, output_dir=str(self.runs_dir / name), progress=self.cfg.progress)
         method = method or ("sft" if train_cfg.objective == "sft" else train_cfg.loss)
         sft = train_cfg.objective == "sft"
         intact = (lambda r: r["final_dir"] is not None and (Path(r["final_dir"]) / "config.json").exists()) if sft else None
-        result = self.runs.run(name, key, partial(self._run, train_cfg, method, setting, evaluate, not sft), intact=intact)
+        compute = partial(self._run, train_cfg, method, setting, evaluate, not sft, score)
+        result = {**self.runs.run(name, key, compute, intact=intact), "run": name}
         self.results[name] = result
         return result
 
-    def _run(self, train_cfg, method: str, setting: str, evaluate: bool, deletable: bool) -> dict:
+    def _run(self, train_cfg, method: str, setting: str, evaluate: bool, deletable: bool, score: dict) -> dict:
+        from dpokit.models import load_model
         from dpokit.train.loop import train
 
         self.stage(f"{method} {setting}: training ({train_cfg.output_dir})")
@@ -205,6 +212,10 @@ class Study:
                   "final_dir": str(out.final_dir)}
         if evaluate:
             result.update(self._evaluate(out.model, method, setting, summary, own_ref, train_cfg))
+        if score:
+            ref = self.ref_model if own_ref is None else load_model(own_ref, dtype=self.cfg.dtype)[0]
+            result["scores"] = {k: self.pair_margins(out.model, ref, own_ref or "base", Path(p), train_cfg)
+                                for k, p in score.items()}
         del out
         if deletable and not self.cfg.keep_models:
             for f in Path(result["final_dir"]).glob("*.safetensors"):
@@ -237,26 +248,39 @@ class Study:
         return {"point": point, "kl_own_ref": kl_own, "margins": margins}
 
     def margins(self, policy, ref, ref_name: str, train_cfg) -> list[float | None] | None:
-        """h = (πa − ra) − (πb − rb), summed log-probs, for each calibration pair (None: not tokenized)."""
+        """h for each calibration pair (None: the study has none)."""
+        if self.calibration_path is None:
+            return None
+        return self.pair_margins(policy, ref, ref_name, self.calibration_path, train_cfg)
+
+    def pair_margins(self, policy, ref, ref_name: str, path: Path, train_cfg) -> list[float | None]:
+        """h = (πc − rc) − (πr − rr), summed log-probs, for each record of pair file `path`, in
+        file order; None where a record was skipped or not tokenized. The reference's log-probs
+        are computed once per (reference, file) in this invocation."""
         from dpokit.data.collate import resolve_pad_id
         from dpokit.data.normalize import load_pairs
         from dpokit.data.tokenize import tokenize_pairs
         from dpokit.score import pair_logps
         from dpokit.train.prepare import tokenize_settings
 
-        if self.calibration_path is None:
-            return None
-        if self._calib_items is None:
-            pairs, _ = load_pairs(str(self.calibration_path))
-            self._calib_items = tokenize_pairs(pairs, self.tokenizer, tokenize_settings(train_cfg))[0]
-        items, pad, batch = self._calib_items, resolve_pad_id(self.tokenizer), max(self.cfg.batch_size, 8)
-        if ref_name not in self._calib_ref:  # a reference's log-probs are the same for every run
-            self._calib_ref[ref_name] = pair_logps(ref, items, pad, batch)[:2]
-        pa, pb, _, _ = pair_logps(policy, items, pad, batch)
-        ra, rb = self._calib_ref[ref_name]
-        out: list[float | None] = [None] * len(self.calibration_pairs)
-        for it, h in zip(items, ((pa - ra) - (pb - rb)).tolist()):
-            out[it.index] = h
+        if str(path) not in self._items:
+            pairs, skips = load_pairs(str(path), on_malformed="skip")
+            # a skipped record leaves no pair: map each kept pair back to its line (source "file:LINE")
+            lines = [int(p.source.rsplit(":", 1)[1]) - 1 for p in pairs]
+            n = sum(1 for line in Path(path).read_text().splitlines() if line.strip())
+            items = tokenize_pairs(pairs, self.tokenizer, tokenize_settings(train_cfg))[0]
+            self._items[str(path)] = (items, lines, n)
+        items, lines, n = self._items[str(path)]
+        pad, batch = resolve_pad_id(self.tokenizer), max(self.cfg.batch_size, 8)
+        if (ref_name, str(path)) not in self._ref_logps:
+            self._ref_logps[ref_name, str(path)] = pair_logps(ref, items, pad, batch)[:2]
+        out: list[float | None] = [None] * n
+        if not items:
+            return out
+        pc, pr, _, _ = pair_logps(policy, items, pad, batch)
+        rc, rr = self._ref_logps[ref_name, str(path)]
+        for it, h in zip(items, ((pc - rc) - (pr - rr)).tolist()):
+            out[lines[it.index]] = h
         return out
 
     def reference_point(self) -> dict:
