@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dpokit.config import ConfigError, config_source, load_config, recipe
 
-TASKS = ("sentiment", "frontier")
+TASKS = ("sentiment", "frontier", "instructions")
 
 
 def _default_config(task: str, quick: bool):
@@ -35,14 +35,16 @@ def run_task(task: str, config: str | None, overrides: list[str], *, quick: bool
              log=print) -> int:
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    if resume and task != "frontier":
-        raise ConfigError(f"--resume: only `run frontier` reuses finished runs; `run {task}` redoes its stages")
+    if resume and task not in ("frontier", "instructions"):
+        raise ConfigError(f"--resume: only `run frontier` and `run instructions` reuse finished runs; `run {task}` redoes its stages")
     from dpokit.preflight import check_run
     from dpokit.tasks.sentiment_config import SentimentConfig
 
     path = config_source(config) if config else _default_config(task, quick)
     if task == "frontier":  # its method lists (dpo.betas=0.05,0.1) are values, not a sweep
         return _run_frontier(path, overrides, log, resume)
+    if task == "instructions":  # pairs.files=a.jsonl,b.jsonl is a list, not a sweep
+        return _run_instructions(path, overrides, log, resume)
     plain, sweep_key, values = split_sweep(overrides)
     base = load_config(SentimentConfig, path, plain)
     runs = [(None, base)]
@@ -78,6 +80,18 @@ def _run_frontier(path, overrides: list[str], log, resume: bool) -> int:
     from dpokit.tasks.frontier import run_frontier
 
     run_frontier(cfg, log=log, resume=resume)
+    return 0
+
+
+def _run_instructions(path, overrides: list[str], log, resume: bool) -> int:
+    from dpokit.preflight import check_run
+    from dpokit.tasks.instructions_config import InstructionsConfig
+
+    cfg = load_config(InstructionsConfig, path, overrides)
+    check_run(cfg)
+    from dpokit.tasks.instructions import run_instructions
+
+    run_instructions(cfg, log=log, resume=resume)
     return 0
 
 

@@ -1,0 +1,202 @@
+"""`dpokit run instructions`: case study 2, instruction following and harmlessness, judged by rules.
+
+    prompts (wheels) → reference samples on the train prompts (chat template, cached)
+    → pairs labelled by the checkers and principles (sampled + critique→revision) [+ pair files]
+    → Preferred-FT, DPO, a robust variant (IPO / cDPO), a reward model → RLOO against it (the
+      RLHF baseline), RLOO against the checker (oracle), Best-of-N (reward model / oracle)
+    → every policy sampled on the SAME held-out prompts (new questions, the held-out wording,
+      harmful and harmless prompts; IFBench out of distribution) and judged by the rules
+    → the bundled model as a pairwise judge of the pairs, against the checkers
+    → summary.json, report.md, plots.
+
+The numbers are defined in dpokit.eval.instructions_eval; the runs are in instructions_methods
+and are reused by `--resume` when their settings and inputs are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from dpokit.config import ConfigError, save_config
+from dpokit.eval import instructions_eval as ie
+from dpokit.eval import policy_eval as pe
+from dpokit.tasks import instructions_data as idata
+from dpokit.tasks import instructions_methods as im
+from dpokit.tasks.frontier_runs import FinishedRuns
+from dpokit.tasks.sentiment import Stages
+
+
+def digest(ids: list[str]) -> str:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+class Evaluator:
+    """Samples a policy on the held-out prompts (and the IFBench ones) with the study's settings,
+    measures KL(π‖π_ref) from the policy's samples, and returns the policy's point: the headline
+    rates at the top level, the full block under "metrics", the responses under "texts" (for
+    win rates against other methods later)."""
+
+    def __init__(self, cfg, ref_model, tokenizer, heldout, rendered, ifbench, ifbench_rendered, stage):
+        self.cfg, self.ref_model, self.tokenizer, self.stage = cfg, ref_model, tokenizer, stage
+        self.heldout, self.rendered = heldout, rendered
+        self.ifbench, self.ifbench_rendered = ifbench, ifbench_rendered
+        self.ids_digest = digest([p.id for p in heldout])
+
+    def settings(self, ifbench: bool = False) -> dict:
+        e, p = self.cfg.eval, self.cfg.pairs
+        return {"n": e.samples_per_prompt, "max_new_tokens": e.ifbench_max_new_tokens if ifbench else p.max_new_tokens,
+                "temperature": p.temperature, "batch_size": p.batch_size, "seed": e.seed}
+
+    def sample(self, model, desc: str):
+        """(held-out samples, IFBench samples or None) of `model`."""
+        main = idata.sample_prompts(model, self.tokenizer, self.heldout, self.rendered, desc=desc, **self.settings())
+        ifb = None
+        if self.ifbench:
+            ifb = idata.sample_prompts(model, self.tokenizer, None, self.ifbench_rendered, desc=desc, **self.settings(ifbench=True))
+        return main, ifb
+
+    def point(self, method, setting, step, kl, samples, ifb, elapsed_s) -> dict:
+        texts = _texts(samples)
+        block = ie.evaluate(self.heldout, texts, [[len(c.token_ids) for c in row] for row in samples.completions])
+        return {"method": method, "setting": setting, "step": int(step), "kl": float(kl), "elapsed_s": float(elapsed_s),
+                "heldout_digest": self.ids_digest, "n_prompts": len(self.heldout),
+                "pass_rate": block["pass_rate"], "harmful_refusal": block["refusal"]["harmful"],
+                "harmless_refusal": block["refusal"]["harmless"], "acceptable_rate": block["acceptable_rate"],
+                "metrics": block, "ifbench": ie.ifbench_eval(self.ifbench, _texts(ifb)) if ifb is not None else None,
+                "texts": texts}
+
+    def __call__(self, policy, method: str, setting: str, step: int, elapsed_s: float) -> dict:
+        samples, ifb = self.sample(policy, f"{method} samples")
+        kl = _kl(policy, self.ref_model, self.tokenizer, samples)
+        point = self.point(method, setting, step, kl, samples, ifb, elapsed_s)
+        self.stage(f"  {method} {setting} step {step}: pass {point['pass_rate']['rate']:.3f}, harmful refusal "
+                   f"{_fmt(point['harmful_refusal']['rate'])}, harmless refusal {_fmt(point['harmless_refusal']['rate'])}, KL {kl:.2f}")
+        return point
+
+
+def _texts(samples) -> list[list[str]]:
+    return [[c.text for c in row] for row in samples.completions]
+
+
+def _kl(policy, ref_model, tokenizer, samples) -> float:
+    """KL(π‖π_ref) ≈ mean over the policy's own samples of log π − log π_ref (dpokit.eval.stats)."""
+    from dpokit.eval.stats import sequence_kl
+
+    return sequence_kl(pe.completion_logps(policy, tokenizer, samples), pe.completion_logps(ref_model, tokenizer, samples))
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+# -- the study ------------------------------------------------------------------------------------
+def make_pairs(cfg, st_log, model, tokenizer, fp, train, rendered_of, run_dir: Path, cache_dir: Path) -> tuple[list[dict], dict]:
+    """pairs.jsonl: the rule-labelled pairs of the train prompts' reference samples and the pair
+    files; returns (records, pair counts)."""
+    records, rule_report, file_report = [], None, None
+    if cfg.pairs.rules:
+        p = cfg.pairs
+        settings = {"n": p.samples_per_prompt, "max_new_tokens": p.max_new_tokens, "temperature": p.temperature,
+                    "batch_size": p.batch_size, "seed": p.seed}
+        st_log(f"sampling {p.samples_per_prompt} reference responses for each of {len(train)} train prompts")
+        samples = idata.cached_prompt_samples(cache_dir, "instructions-train", fp, model, tokenizer, train,
+                                              [rendered_of[x.id] for x in train], settings, st_log)
+        rule_records, rule_report = idata.rule_pairs(train, samples, seed=p.seed, max_pairs_per_prompt=p.max_pairs_per_prompt,
+                                                     revise=p.revise)
+        records += rule_records
+    if cfg.pairs.files:
+        file_records, file_report = idata.file_pairs(cfg.pairs.files)
+        records += file_records
+    counts = idata.pair_counts(rule_report, file_report)
+    if not records:
+        raise ConfigError("the study made no pairs (see pair counts); sample more per prompt (pairs.samples_per_prompt) "
+                          "or add pairs.files")
+    (run_dir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    st_log(f"pairs: {counts['total']} ({counts['sampled']} sampled, {counts['revised']} revised, {counts['file']} from files)"
+           f" → {run_dir / 'pairs.jsonl'}")
+    return records, counts
+
+
+def heldout_pairs(cfg, heldout, ref_samples, run_dir: Path) -> bool:
+    """heldout_pairs.jsonl: sampled pairs (no revisions) of the reference's held-out responses,
+    one per prompt: the trainers' held-out pair accuracy. Returns whether there is any."""
+    records, _ = idata.rule_pairs(heldout, ref_samples, seed=cfg.eval.seed, max_pairs_per_prompt=1, revise=False)
+    (run_dir / "heldout_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return bool(records)
+
+
+def run_instructions(cfg, log=print, resume: bool = False) -> dict:
+    """Run the study (module docstring); returns summary.json's content."""
+    from dpokit.models import default_cache_dir, load_model, model_fingerprint
+    from dpokit.tasks.instructions_report import summarize, write_outputs
+
+    stage = Stages(log)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "instructions_config.yaml")
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    prompts, prompt_counts = idata.study_prompts(cfg)
+    train = [p for p in prompts if p.split == "train"]
+    heldout = [p for p in prompts if p.split != "train"]
+    ifbench, ifbench_counts = idata.load_ifbench() if cfg.eval.ifbench else ([], None)
+
+    stage(f"loading {cfg.model}")
+    ref_model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
+    fp = model_fingerprint(ref_model)
+    rendered_of = {p.id: idata.render(tokenizer, p.text) for p in prompts}
+    records, counts = make_pairs(cfg, stage, ref_model, tokenizer, fp, train, rendered_of, run_dir, cache_dir)
+
+    rendered = [rendered_of[p.id] for p in heldout]
+    ev = Evaluator(cfg, ref_model, tokenizer, heldout, rendered, ifbench, [idata.render(tokenizer, i.text) for i in ifbench], stage)
+    stage(f"sampling the reference on {len(heldout)} held-out prompts" + (f" and {len(ifbench)} IFBench prompts" if ifbench else ""))
+    ref_samples = idata.cached_prompt_samples(cache_dir, "instructions-heldout", fp, ref_model, tokenizer, heldout, rendered,
+                                              ev.settings(), stage)
+    ifb_ref = None
+    if ifbench:
+        ifb_ref = idata.cached_prompt_samples(cache_dir, "instructions-ifbench", fp, ref_model, tokenizer, None,
+                                              ev.ifbench_rendered, ev.settings(ifbench=True), stage)
+    reference = ev.point("reference", "π_ref", 0, 0.0, ref_samples, ifb_ref, 0.0)
+
+    train_rendered = [rendered_of[p.id] for p in train]
+    prompt_of = {rendered_of[p.id]: p for p in prompts}
+    if len(prompt_of) != len(prompts):
+        raise ConfigError("two prompts of the study render to the same text; change prompts.seed")
+    base = {"model": fp, "heldout": [p.id for p in heldout], "ifbench": [i.key for i in ifbench], "eval": ev.settings(),
+            "ifbench_eval": ev.settings(ifbench=True), "dtype": cfg.dtype}
+    st = im.Study(cfg, run_dir, ev, FinishedRuns(run_dir, resume=resume, log=stage), base, train_rendered, prompt_of,
+                  heldout_pairs(cfg, heldout, ref_samples, run_dir))
+
+    results = {"judge": im.judge(st, ref_model, tokenizer, records) if cfg.judge.pairs else None}
+    points, train_info = [], {}
+    if cfg.preferred_ft.enabled:
+        done = im.preferred_ft(st)
+        points += done["points"]
+        train_info["preferred-ft"] = done["train"]
+    done = im.pairwise(st, "dpo", "dpo", cfg.beta, cfg.dpo.points, counts["total"])
+    points += done["points"]
+    train_info["dpo"] = done["train"]
+    r = cfg.robust
+    done = im.pairwise(st, r.loss, r.loss, r.beta, r.points, counts["total"], label_smoothing=r.label_smoothing)
+    points += done["points"]
+    train_info[r.loss] = done["train"]
+    rm_report = None
+    if cfg.rloo.reward_model or cfg.bon.m:
+        rm_report = im.reward_model(st)
+    stopped = {}
+    for method, wanted in (("rloo-rm", cfg.rloo.reward_model), ("rloo-oracle", cfg.rloo.oracle)):
+        if wanted:
+            done = im.rloo(st, method)
+            points += done["points"]
+            stopped[method] = done["stopped"]
+    bon = im.best_of_n(st, ref_model, tokenizer) if cfg.bon.m else {"points": [], "reward_model_on_samples": None}
+    if rm_report is not None:
+        rm_report = {**rm_report, "on_best_of_n_samples": bon["reward_model_on_samples"]}
+
+    summary = summarize(cfg, reference, points, bon["points"], counts, results["judge"], rm_report, prompt_counts,
+                        ifbench_counts, heldout, {"train": train_info, "online_runs_stopped": stopped,
+                                                  "reused_runs": st.runs.reused, "run_wall_s": st.runs.wall_s})
+    summary["elapsed_s"] = stage.elapsed()
+    write_outputs(run_dir, summary, reference, points, bon["points"], heldout, cfg, stage)
+    return summary

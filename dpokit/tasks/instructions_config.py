@@ -1,0 +1,135 @@
+"""Case study 2's config (`dpokit run instructions`): every TrainConfig key at the top level sets
+the DPO run (lr, batch_size, beta, max_length ...), as in the sentiment study, plus one section
+per stage. Each numeric key carries its valid range (`dpokit.config.ranged`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dpokit.config import SEED_RANGE, ConfigError, TrainConfig, ranged, validate_train_config
+
+# TrainConfig keys the study sets itself (it trains on the pairs it builds, with the loss each
+# method names): a value given for one of these would be silently overwritten.
+STUDY_SETS = ("objective", "data", "split", "eval_data", "eval_fraction", "loss")
+ROBUST_LOSSES = ("ipo", "cdpo", "robust")
+
+
+@dataclass
+class PromptsSection:
+    n_train: int = ranged(180, ge=1, note="train questions, one constraint each")
+    n_heldout: int = ranged(36, ge=1, note="held-out questions; as many train prompts re-asked in the held-out wording")
+    harmful_fraction: float = ranged(0.25, ge=0, note="harmful prompts per constraint prompt; as many harmless ones")
+    heldout_fraction: float = ranged(0.2, gt=0, lt=1, note="share of questions and harmful prompts held out by hashing")
+    seed: int = ranged(0, **SEED_RANGE)
+
+
+@dataclass
+class PairsSection:
+    rules: bool = True  # sample the reference on the train prompts and label its samples by the checkers
+    files: list[str] = field(default_factory=list)  # extra pair files (HH-RLHF, UltraFeedback, dpokit): trained on too
+    samples_per_prompt: int = ranged(4, ge=1)
+    max_pairs_per_prompt: int = ranged(2, ge=1)
+    revise: bool = True  # critique -> revision where no sample is acceptable
+    max_new_tokens: int = ranged(48, ge=1)
+    temperature: float = ranged(1.0, gt=0)
+    batch_size: int = ranged(32, ge=1, note="sequences per generate() call")
+    seed: int = ranged(1, **SEED_RANGE)
+
+
+@dataclass
+class EvalSection:
+    samples_per_prompt: int = ranged(2, ge=1)  # per held-out prompt, every method alike
+    seed: int = ranged(2, **SEED_RANGE)
+    ifbench: bool = True  # IFBench prompts with an instruction our checkers judge, as an out-of-distribution set
+    ifbench_max_new_tokens: int = ranged(128, ge=1, note="IFBench asks for long answers (up to hundreds of words)")
+    examples: int = ranged(6, ge=0)  # side-by-side examples in the report
+
+
+@dataclass
+class JudgeSection:
+    pairs: int = ranged(60, ge=0, note="labelled pairs the bundled model judges (both orders); 0 = no judge")
+    seed: int = ranged(0, **SEED_RANGE)
+
+
+@dataclass
+class PreferredFTSection:
+    enabled: bool = True
+    lr: float = ranged(1.0e-5, gt=0)
+    epochs: float = ranged(1.0, gt=0)
+
+
+@dataclass
+class DPOSection:
+    points: int = ranged(2, ge=1, note="evaluations per run: intermediate checkpoints + the final model")
+
+
+@dataclass
+class RobustSection:
+    loss: str = "ipo"  # ipo | cdpo | robust
+    beta: float = ranged(0.1, gt=0)
+    label_smoothing: float = ranged(0.1, ge=0, lt=0.5, note="cdpo / robust: the assumed share of flipped labels")
+    points: int = ranged(1, ge=1)
+
+
+@dataclass
+class RewardModelSection:
+    lr: float = ranged(3.0e-5, gt=0)
+    head_lr: float = ranged(1.0e-3, ge=0, note="0 = lr")
+    epochs: float = ranged(1.0, gt=0)
+    batch_size: int = ranged(8, ge=1)
+
+
+@dataclass
+class RLOOSection:
+    reward_model: bool = True  # RLOO against the reward model (the RLHF baseline)
+    oracle: bool = True  # RLOO against the checker itself (principles as a 0/1 reward)
+    kl_coef: float = ranged(0.05, ge=0)
+    steps: int = ranged(8, ge=1)
+    rollout_prompts: int = ranged(8, ge=1)
+    k: int = ranged(4, ge=2)
+    lr: float = ranged(3.0e-5, gt=0)
+    points: int = ranged(2, ge=1)
+
+
+@dataclass
+class BestOfNSection:
+    m: int = ranged(4, ge=0, note="reference samples per held-out prompt; 0 = no Best-of-N")
+    ns: list[int] = field(default_factory=lambda: [1, 2, 4])
+
+
+@dataclass
+class InstructionsConfig(TrainConfig):
+    prompts: PromptsSection = field(default_factory=PromptsSection)
+    pairs: PairsSection = field(default_factory=PairsSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    judge: JudgeSection = field(default_factory=JudgeSection)
+    preferred_ft: PreferredFTSection = field(default_factory=PreferredFTSection)
+    dpo: DPOSection = field(default_factory=DPOSection)
+    robust: RobustSection = field(default_factory=RobustSection)
+    rm: RewardModelSection = field(default_factory=RewardModelSection)
+    rloo: RLOOSection = field(default_factory=RLOOSection)
+    bon: BestOfNSection = field(default_factory=BestOfNSection)
+    output_dir: str = "runs/instructions"
+
+    def validate(self, given: set[str] | None = None) -> None:
+        """`given`: the keys the user's file and overrides name (load_config)."""
+        fixed = [key for key in STUDY_SETS if key in (given or ())]
+        if fixed:
+            raise ConfigError(f"{', '.join(fixed)}: set by the instructions study itself (it trains each method on the "
+                              "pairs it builds; the robust variant's loss is robust.loss); remove from the config")
+        validate_train_config(self)
+        if self.robust.loss not in ROBUST_LOSSES:
+            raise ConfigError(f"robust.loss: {self.robust.loss!r} is not one of {', '.join(ROBUST_LOSSES)}")
+        if self.robust.loss in ("cdpo", "robust") and self.robust.label_smoothing == 0:
+            raise ConfigError(f"robust.loss={self.robust.loss} with robust.label_smoothing=0 is plain DPO: set it in (0, 0.5)")
+        if not self.pairs.rules and not self.pairs.files:
+            raise ConfigError("pairs.rules=false needs pairs.files (HH-RLHF, UltraFeedback or dpokit pair files)")
+        if self.pairs.rules and self.pairs.samples_per_prompt < 2 and not self.pairs.revise:
+            raise ConfigError("pairs.samples_per_prompt=1 makes pairs only by revision: set pairs.revise=true or sample ≥ 2")
+        if self.prompts.n_heldout > self.prompts.n_train:
+            raise ConfigError(f"prompts.n_heldout ({self.prompts.n_heldout}) must be ≤ prompts.n_train "
+                              f"({self.prompts.n_train}): the held-out wording re-asks that many train prompts")
+        if self.bon.m and any(not 1 <= n <= self.bon.m for n in self.bon.ns):
+            raise ConfigError(f"bon.ns must lie in [1, bon.m={self.bon.m}], got {self.bon.ns}")
+        if self.rloo.rollout_prompts * self.rloo.k < 2:
+            raise ConfigError("rloo: rollout_prompts × k must be ≥ 2")
