@@ -12,6 +12,10 @@ import importlib
 from dpokit.config import ConfigError, config_source, load_config, recipe
 
 STUDIES: dict[str, str] = {
+    "noise": "dpokit.studies.noise",
+    "beta-noise": "dpokit.studies.beta_noise",
+    "reference": "dpokit.studies.reference",
+    "calibration": "dpokit.studies.calibration",
 }
 
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -264,7 +263,7 @@ class Study:
         from dpokit.train.prepare import tokenize_settings
 
         if str(path) not in self._items:
-            pairs, skips = load_pairs(str(path), on_malformed="skip")
+            pairs, _ = load_pairs(str(path), on_malformed="skip")
             # a skipped record leaves no pair: map each kept pair back to its line (source "file:LINE")
             lines = [int(p.source.rsplit(":", 1)[1]) - 1 for p in pairs]
             n = sum(1 for line in Path(path).read_text().splitlines() if line.strip())
