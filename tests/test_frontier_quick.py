@@ -59,7 +59,18 @@ def test_quick_frontier_and_its_resume(real_model_dir, tmp_path):
         own = next(p for p in by[method] if (p["setting"], p["step"]) == own_point)
         assert (runs[0]["reward_mean"], runs[0]["kl"]) == (own["reward_mean"], own["kl"])
         assert stability[method]["collapsed"] == sum(r["collapsed"] for r in runs)
+    # The implicit-reward study: pools of 4 and 12 pairs, 3 steps of 4 pairs, ρ after each step
+    # (a pool larger than the toy sweep's pairs trains on all of them).
+    study = extra["implicit_reward_study"]
+    n_pairs = extra["pairs"]["pairs"]
+    assert [(r["pairs"], r["step"]) for r in study] == [(4, 1), (4, 2), (4, 3), (12, 1), (12, 2), (12, 3)]
+    for r in study:
+        assert r["pairs_seen"] == 4 * r["step"] and r["epochs"] == pytest.approx(r["pairs_seen"] / r["pairs"])
+        assert all(v is None or -1 <= v <= 1 for v in (r["spearman"], r["spearman_per_token"]))
+    assert len((out / "implicit-beta0.1-pairs4" / "pairs.jsonl").read_text().splitlines()) == min(4, n_pairs)
+    assert (out / "implicit_reward.png").exists()
     md = (out / "frontier.md").read_text()
+    assert "## When does the implicit reward rank" in md
     assert "## Stability across training seeds" in md and "## Wall time" in md
     with open(out / "frontier.csv") as f:
         assert len(list(csv.DictReader(f))) == len(points)
@@ -67,8 +78,8 @@ def test_quick_frontier_and_its_resume(real_model_dir, tmp_path):
     assert "| method | setting |" in (out / "frontier.md").read_text()
 
     # --resume reuses every finished run: the same points, no run redone.
-    runs = ["rm", "dpo-beta0.1", "dpo-beta0.5", "sft", "ppo-kl0.05", "ppo-gt-kl0.05", "rloo-kl0.05", "best-of-n",
-            "dpo-beta0.1-seed1", "ppo-kl0.05-seed1"]
+    runs = ["rm", "dpo-beta0.1", "dpo-beta0.5", "sft", "ppo-kl0.05", "ppo-gt-kl0.05", "rloo-kl0.05",
+            "implicit-beta0.1-pairs4", "implicit-beta0.1-pairs12", "best-of-n", "dpo-beta0.1-seed1", "ppo-kl0.05-seed1"]
     assert main(["run", "frontier", "--quick", "--resume", f"output_dir={out}", "progress=false"]) == 0
     again = json.loads((out / "frontier.json").read_text())
     assert again["extra"]["reused_runs"] == runs

@@ -20,6 +20,7 @@ import dataclasses
 import statistics
 
 from dpokit.eval.calibration import spearman
+from dpokit.tasks import frontier_implicit as fi
 from dpokit.tasks import frontier_methods as fm
 from dpokit.tasks import sentiment as st
 from dpokit.tasks.frontier_config import FrontierConfig
@@ -167,14 +168,18 @@ def run_frontier(cfg: FrontierConfig, log=print, resume: bool = False) -> dict:
         done = fm.rloo(sw, coef)
         points += done["points"]
         stopped[f"rloo kl_coef={coef}"] = done["stopped"]
+    implicit_study = fi.implicit_study(sw)
     bon = fm.best_of_n(sw, ref_model, tokenizer, heldout)
     points += bon["points"]
     rm_report = {**rm_report, "on_best_of_n_samples": bon["reward_model_on_samples"]}
 
     extra = {"reward_model": rm_report, "dpo_implicit_reward_spearman": implicit, "pairs": pair_counts,
              "online_runs_stopped": {k: v for k, v in stopped.items() if v}, "stability": stability(sw, reference, dpo_at),
+             "implicit_reward_study": implicit_study,
              "elapsed_s": stage.elapsed(), "reused_runs": sw.runs.reused, "run_wall_s": sw.runs.wall_s}
     files = write_frontier(run_dir, points, title="Reward–KL frontier: sentiment control", extra=extra,
-                           sections=(_reward_model_md(rm_report, implicit), stability_md(extra["stability"]), _cost_md(extra)))
+                           sections=(_reward_model_md(rm_report, implicit), fi.implicit_md(implicit_study, rm_report["spearman_with_ground_truth"]),
+                                     stability_md(extra["stability"]), _cost_md(extra)))
+    fi.plot_implicit(implicit_study, rm_report["spearman_with_ground_truth"], run_dir / "implicit_reward.png")
     stage(f"frontier: {', '.join(str(f) for f in files.values())}")
     return {"points": points, **extra}

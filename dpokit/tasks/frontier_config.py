@@ -59,6 +59,16 @@ class StabilityStage:
 
 
 @dataclass
+class ImplicitRewardStage:
+    """When the implicit reward ranks by the ground truth (dpokit.tasks.frontier_implicit)."""
+
+    pools: list[int] = field(default_factory=list)  # distinct pairs per run; [] = not run
+    betas: list[float] = field(default_factory=lambda: [0.1])
+    steps: int = ranged(135, ge=1, note="optimizer steps per run, at a constant learning rate")
+    points: int = ranged(4, ge=1, note="checkpoints per run at which ρ is measured")
+
+
+@dataclass
 class FrontierConfig(SentimentConfig):
     rm: RewardModelStage = field(default_factory=RewardModelStage)
     dpo: DPOStage = field(default_factory=DPOStage)
@@ -67,17 +77,22 @@ class FrontierConfig(SentimentConfig):
     rloo: RLOOStage = field(default_factory=RLOOStage)
     bon: BestOfNStage = field(default_factory=BestOfNStage)
     stability: StabilityStage = field(default_factory=StabilityStage)
+    implicit: ImplicitRewardStage = field(default_factory=ImplicitRewardStage)
 
     def validate(self, given: set[str] | None = None) -> None:
         super().validate(given)
         if self.sft.enabled:
             raise ConfigError("the frontier compares every method against the starting model: sft.enabled must stay false "
                               "(Preferred-FT is a point of its own: preferred_ft=true)")
-        for key, values in (("dpo.betas", self.dpo.betas), ("ppo.kl_coefs", self.ppo.kl_coefs), ("rloo.kl_coefs", self.rloo.kl_coefs)):
+        for key, values in (("dpo.betas", self.dpo.betas), ("ppo.kl_coefs", self.ppo.kl_coefs), ("rloo.kl_coefs", self.rloo.kl_coefs),
+                            ("implicit.betas", self.implicit.betas)):
             if any(not (v >= 0 and v < float("inf")) for v in values):
                 raise ConfigError(f"{key} must hold finite values ≥ 0, got {values}")
-        if any(b <= 0 for b in self.dpo.betas):
-            raise ConfigError(f"dpo.betas must be > 0, got {self.dpo.betas}")
+        for key, values in (("dpo.betas", self.dpo.betas), ("implicit.betas", self.implicit.betas)):
+            if any(b <= 0 for b in values):
+                raise ConfigError(f"{key} must be > 0, got {values}")
+        if any(n < 1 for n in self.implicit.pools):
+            raise ConfigError(f"implicit.pools must hold pair counts ≥ 1, got {self.implicit.pools}")
         if any(not 1 <= n <= self.bon.m for n in self.bon.ns):
             raise ConfigError(f"bon.ns must lie in [1, bon.m={self.bon.m}], got {self.bon.ns}")
         if self.ppo.minibatch_size > self.ppo.rollout_size:
