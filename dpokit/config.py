@@ -108,6 +108,9 @@ class LoraConfig:
     alpha: int = ranged(16, gt=0)  # LoRA scaling numerator (scale = alpha / r)
     dropout: float = ranged(0.0, ge=0, lt=1)
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # decoder layer indices (0-based) whose target modules get LoRA (peft's layers_to_transform);
+    # [] = every layer. Indices beyond the model's depth are refused when the model is loaded.
+    layers: list[int] = field(default_factory=list)
 
     @property
     def enabled(self) -> bool:
@@ -395,6 +398,21 @@ def load_config(cls, path=None, overrides: list[str] | None = None, base: dict |
     return cfg
 
 
+# Keys of nested sections added after runs were stored, at the value that reproduces those runs.
+# Run keys (tasks.frontier_runs.settings_of) and resume checks (train.rundir.run_identity) leave
+# them out while at that value, so gaining an option does not make every earlier run look changed.
+LATER_NESTED_DEFAULTS = {"lora": {"layers": []}}
+
+
+def without_later_defaults(settings: dict) -> dict:
+    """`settings` (a config as a dict) less the LATER_NESTED_DEFAULTS keys at their defaults."""
+    out = dict(settings)
+    for section, defaults in LATER_NESTED_DEFAULTS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if not (k in defaults and v == defaults[k])}
+    return out
+
+
 def save_config(cfg, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
@@ -463,3 +481,13 @@ def _check_combinations(cfg: TrainConfig) -> None:
         raise ConfigError("reference=adapter needs LoRA (lora.r > 0)")
     if cfg.lora.r > 0 and not cfg.lora.target_modules:
         raise ConfigError("lora.target_modules must name at least one module when lora.r > 0")
+    check_lora_layers(cfg.lora.layers)
+
+
+def check_lora_layers(layers: list[int], n_layers: int | None = None) -> None:
+    """lora.layers: distinct indices ≥ 0, and < n_layers once the model's depth is known."""
+    if any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+        raise ConfigError(f"lora.layers must hold distinct decoder layer indices ≥ 0 ([] = all layers), got {short(layers)}")
+    if n_layers is not None and any(i >= n_layers for i in layers):
+        raise ConfigError(f"lora.layers must lie in [0, {n_layers}) for this model ({n_layers} decoder layers), "
+                          f"got {short(layers)}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dpokit.config import ConfigError, LoraConfig
+from dpokit.config import ConfigError, LoraConfig, check_lora_layers
 
 log = logging.getLogger(__name__)
 
@@ -257,14 +257,19 @@ def load_model(
 
 
 def apply_lora(model, lora: LoraSettings):
-    """Wrap `model` with fresh peft LoRA layers (B = 0, so the output is unchanged at first)."""
+    """Wrap `model` with fresh peft LoRA layers (B = 0, so the output is unchanged at first),
+    on `lora.target_modules` of the decoder layers `lora.layers` (all when empty; checked
+    against the model's depth)."""
     from peft import LoraConfig, get_peft_model
 
+    layers = sorted(lora.layers)
+    check_lora_layers(layers, getattr(model.config, "num_hidden_layers", None))
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
+        layers_to_transform=sorted(layers) or None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

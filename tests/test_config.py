@@ -29,7 +29,7 @@ def test_yaml_then_overrides(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("bta=1", "unknown config key(s): bta; valid keys: autocast_bf16"),
-    ("lora.rank=1", "unknown config key(s) in 'lora': rank; valid keys: alpha, dropout, r, target_modules"),
+    ("lora.rank=1", "unknown config key(s) in 'lora': rank; valid keys: alpha, dropout, layers, r, target_modules"),
     ("beta=high", "beta: expected float"),
     ("packing=3", "packing: expected true/false"),
     ("optimizer=sgd", "optimizer: 'sgd' is not one of adamw, adamw8bit, rmsprop"),
@@ -129,8 +129,20 @@ def test_sentiment_rejects_the_keys_it_sets_even_at_their_default():
     default would be overwritten just the same."""
     with pytest.raises(ConfigError, match=r"^eval_fraction: set by the sentiment study itself"):
         load_config(SentimentConfig, recipe("sentiment"), [f"eval_fraction={TrainConfig().eval_fraction}"])
-    with pytest.raises(ConfigError, match=r"^objective, data: set by the sentiment study"):
+    with pytest.raises(ConfigError, match=r"^data: set by the sentiment study"):
         load_config(SentimentConfig, None, ["data=examples/pairs.jsonl", "objective=dpo"])
+    # The frontier decides each run's objective: there `objective` is one of the keys it sets.
+    from dpokit.tasks.frontier_config import FrontierConfig
+
+    with pytest.raises(ConfigError, match=r"^objective: set by the sentiment study"):
+        load_config(FrontierConfig, recipe("frontier_quick"), ["objective=dpo"])
+
+
+def test_sentiment_trains_dpo_kto_or_rrhf_only():
+    for objective in ("dpo", "kto", "rrhf"):
+        assert load_config(SentimentConfig, recipe("sentiment_quick"), [f"objective={objective}"]).objective == objective
+    with pytest.raises(ConfigError, match=r"^objective: the sentiment study trains one of dpo, kto, rrhf, got 'sft'"):
+        load_config(SentimentConfig, recipe("sentiment_quick"), ["objective=sft"])
     assert load_config(SentimentConfig, recipe("sentiment")).eval_fraction == TrainConfig().eval_fraction
 
 

@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from dpokit.config import without_later_defaults
+
 RUN_FILE = "frontier_run.json"
 
 
@@ -33,7 +35,9 @@ def settings_of(cfg) -> dict:
     """A run's config as its key sees it: every field, less LATER_SETTINGS at their defaults."""
     import dataclasses
 
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
+    # and keys inside sections (lora.layers) by the same rule
+    return without_later_defaults({k: v for k, v in dataclasses.asdict(cfg).items()
+                                   if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])})
 
 
 def key_of(*parts) -> str:

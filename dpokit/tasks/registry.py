@@ -22,7 +22,7 @@ def split_sweep(overrides: list[str]) -> tuple[list[str], str | None, list[str]]
     plain, sweep_key, values = [], None, []
     for item in overrides:
         key, _, raw = item.partition("=")
-        if "," in raw and not key.endswith("target_modules"):
+        if "," in raw and not key.endswith("target_modules") and not raw.lstrip().startswith("["):  # [a, b] is a list
             if sweep_key is not None:
                 raise ConfigError("only one swept key at a time")
             sweep_key, values = key, [v.strip() for v in raw.split(",") if v.strip()]

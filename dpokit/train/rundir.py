@@ -31,7 +31,7 @@ import re
 import shutil
 from pathlib import Path
 
-from dpokit.config import ConfigError
+from dpokit.config import ConfigError, without_later_defaults
 from dpokit.train.checkpoint import PREFIX, CheckpointError, list_checkpoints
 
 # Settings a resume may change: they cannot change the numbers of a run, or their whole effect
@@ -158,7 +158,9 @@ def run_identity(cfg, data, *, pairs_per_step: int | None = None) -> dict:
     hasher.update(json.dumps(sorted((int(k), list(v)) for k, v in data.train_votes.items())).encode())
     if data.train_labels:  # KTO's desirable / undesirable labels
         hasher.update(json.dumps(sorted((int(k), bool(v)) for k, v in data.train_labels.items())).encode())
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_TRAJECTORY_KEYS | MICRO_BATCHING_KEYS}
+    # without_later_defaults: a checkpoint from before lora.layers existed still resumes
+    config = without_later_defaults({k: v for k, v in dataclasses.asdict(cfg).items()
+                                     if k not in NON_TRAJECTORY_KEYS | MICRO_BATCHING_KEYS})
     config["pairs_per_step"] = pairs_per_step or cfg.batch_size * cfg.grad_accum
     # Through JSON, so it compares equal to what state.json gives back.
     return {"data_fingerprint": hasher.hexdigest(), "train_pairs": len(data.train), "config": json.loads(json.dumps(config))}
