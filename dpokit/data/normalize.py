@@ -11,6 +11,11 @@ treated as absent, because Parquet and `datasets` fill missing values with None)
                     is the longest common prefix ending at (and including) the last
                     "\\n\\nAssistant:" shared by both; the completions are the rest (they keep
                     their leading space, as BPE vocabularies expect " word" tokens)
+    UltraFeedback   {"prompt": str, "chosen": [messages], "rejected": [messages], "score_chosen": x,
+    (binarized)     "score_rejected": y}: full conversations, split as the implicit prompt; the
+                    prompt must end with a user message whose text is `prompt` (surrounding
+                    whitespace aside). Equal scores are a skip ("tied scores"); a chosen score
+                    below the rejected one is a DataError. The scores are read only here.
     votes           optional: "votes": [for_chosen, for_rejected], or "chosen_votes" and
                     "rejected_votes" (non-negative integers, not both zero), or named raters
                     "votes": {"alice": "chosen", "bob": "rejected", ...} (each rater's choice
@@ -191,6 +196,38 @@ def _implicit_split(chosen: list[dict], rejected: list[dict], source: str) -> tu
     return chosen[:k], chosen[k:], rejected[k:]
 
 
+def _score(raw: dict, field: str, source: str) -> float | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise DataError(source, f"expected a number, got {_type_name(value)}", field)
+    return float(value)
+
+
+def _full_conversation(value) -> bool:
+    """A message list that starts before the answer (UltraFeedback's chosen / rejected); a list
+    starting with the assistant's message is an answer, judged by the text-prompt rule."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and value[0].get("role") != "assistant"
+
+
+def _ultrafeedback_split(prompt: str, raw: dict, source: str) -> tuple[list, list, list]:
+    """(prompt messages, chosen, rejected) of a binarized UltraFeedback record: text prompt,
+    full conversations as chosen / rejected, optional score_chosen / score_rejected."""
+    chosen = _messages(raw["chosen"], source, "chosen")
+    rejected = _messages(raw["rejected"], source, "rejected")
+    head, c, r = _implicit_split(chosen, rejected, source)
+    if head[-1]["role"] != "user" or head[-1]["content"].strip() != prompt.strip():
+        raise DataError(source, "the conversations' last prompt message is not the user turn given as 'prompt'", "prompt")
+    sc, sr = _score(raw, "score_chosen", source), _score(raw, "score_rejected", source)
+    if sc is not None and sr is not None:
+        if sc == sr:
+            raise SkipPair("tied scores (score_chosen = score_rejected)")
+        if sc < sr:
+            raise DataError(source, f"score_chosen {sc:g} is below score_rejected {sr:g}", "score_chosen")
+    return head, c, r
+
+
 def _parts(raw: dict, source: str) -> tuple:
     """(prompt, chosen, rejected) with the record's shape resolved; DataError if malformed."""
     for name in ("chosen", "rejected"):
@@ -209,6 +246,8 @@ def _parts(raw: dict, source: str) -> tuple:
         if isinstance(chosen, list) and isinstance(rejected, list):
             return _implicit_split(_messages(chosen, source, "chosen"), _messages(rejected, source, "rejected"), source)
         raise DataError(source, "one of chosen/rejected is text and the other a list of messages", "rejected")
+    if isinstance(prompt, str) and _full_conversation(chosen) and _full_conversation(rejected):
+        return _ultrafeedback_split(prompt, raw, source)
     if isinstance(prompt, str):
         for name, value in (("chosen", chosen), ("rejected", rejected)):
             if not isinstance(value, str):

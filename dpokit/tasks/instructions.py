@@ -92,9 +92,11 @@ def _fmt(x) -> str:
 
 
 # -- the study ------------------------------------------------------------------------------------
-def make_pairs(cfg, st_log, model, tokenizer, fp, train, rendered_of, run_dir: Path, cache_dir: Path) -> tuple[list[dict], dict]:
-    """pairs.jsonl: the rule-labelled pairs of the train prompts' reference samples and the pair
-    files; returns (records, pair counts)."""
+def make_pairs(cfg, st_log, model, tokenizer, fp, train, rendered_of, run_dir: Path, cache_dir: Path,
+               files: tuple[list[dict], dict] | None) -> tuple[list[dict], dict]:
+    """pairs.jsonl: the rule-labelled pairs of the train prompts' reference samples, then the
+    records of the pair files (`files`, read before the model is loaded); returns (records,
+    pair counts)."""
     records, rule_report, file_report = [], None, None
     if cfg.pairs.rules:
         p = cfg.pairs
@@ -106,9 +108,9 @@ def make_pairs(cfg, st_log, model, tokenizer, fp, train, rendered_of, run_dir: P
         rule_records, rule_report = idata.rule_pairs(train, samples, seed=p.seed, max_pairs_per_prompt=p.max_pairs_per_prompt,
                                                      revise=p.revise)
         records += rule_records
-    if cfg.pairs.files:
-        file_records, file_report = idata.file_pairs(cfg.pairs.files)
-        records += file_records
+    if files is not None:
+        records += files[0]
+        file_report = files[1]
     counts = idata.pair_counts(rule_report, file_report)
     if not records:
         raise ConfigError("the study made no pairs (see pair counts); sample more per prompt (pairs.samples_per_prompt) "
@@ -142,11 +144,12 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
     heldout = [p for p in prompts if p.split != "train"]
     ifbench, ifbench_counts = idata.load_ifbench() if cfg.eval.ifbench else ([], None)
 
+    files = idata.file_pairs(cfg.pairs.files) if cfg.pairs.files else None  # a bad file fails before minutes of loading
     stage(f"loading {cfg.model}")
     ref_model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     fp = model_fingerprint(ref_model)
     rendered_of = {p.id: idata.render(tokenizer, p.text) for p in prompts}
-    records, counts = make_pairs(cfg, stage, ref_model, tokenizer, fp, train, rendered_of, run_dir, cache_dir)
+    records, counts = make_pairs(cfg, stage, ref_model, tokenizer, fp, train, rendered_of, run_dir, cache_dir, files)
 
     rendered = [rendered_of[p.id] for p in heldout]
     ev = Evaluator(cfg, ref_model, tokenizer, heldout, rendered, ifbench, [idata.render(tokenizer, i.text) for i in ifbench], stage)
