@@ -36,6 +36,8 @@ API (all in this module):
             kl_own_ref KL(π‖own reference) where the run's reference is not the base model
             margins    h = (πa − ra) − (πb − rb) (summed log-probs, reference = the run's own)
                        for each calibration pair, None where a pair was not tokenized
+            heldout_rewards  the evaluation's rewards, one list per held-out prompt (runs stored
+                       before it existed lack it; keep=True redoes those)
             scores     with score={name: pair file}: h of each record of those files (e.g. the
                        run's own noisy training pairs: which labels did it learn?)
             train      steps, train_seconds, last training metrics
@@ -177,10 +179,12 @@ class Study:
         return st.train_config_of(self.cfg, **{**base, **changes})
 
     def train(self, label: str, data: Path, *, method: str | None = None, setting: str = "", evaluate: bool = True,
-              score: dict[str, Path] | None = None, **changes) -> dict:
+              score: dict[str, Path] | None = None, keep: bool = False, **changes) -> dict:
         """One run, reused by key under --resume (module docstring). `method` / `setting`: how
         its point is labelled (default: the loss, or "sft"). `score`: {name: pair file} whose
-        margins h (policy against its own reference) the result keeps under result["scores"][name]."""
+        margins h (policy against its own reference) the result keeps under result["scores"][name].
+        `keep`: keep this run's weights whatever keep_models says; a stored run without them (or
+        without its per-prompt held-out rewards) is then redone."""
         from dpokit.tasks.frontier_runs import file_digest, key_of, settings_of
 
         train_cfg = self.train_config(data, **changes)
@@ -192,7 +196,10 @@ class Study:
         method = method or ("sft" if train_cfg.objective == "sft" else train_cfg.loss)
         sft = train_cfg.objective == "sft"
         intact = (lambda r: r["final_dir"] is not None and (Path(r["final_dir"]) / "config.json").exists()) if sft else None
-        compute = partial(self._run, train_cfg, method, setting, evaluate, not sft, score)
+        if keep:  # a LoRA run's final_dir holds an adapter (adapter_config.json), not a full model
+            intact = lambda r: (r["final_dir"] is not None and (not evaluate or "heldout_rewards" in r)  # noqa: E731
+                                and any((Path(r["final_dir"]) / f).exists() for f in ("config.json", "adapter_config.json")))
+        compute = partial(self._run, train_cfg, method, setting, evaluate, not sft and not keep, score)
         result = {**self.runs.run(name, key, compute, intact=intact), "run": name}
         self.results[name] = result
         return result
@@ -244,7 +251,8 @@ class Study:
         margins = self.margins(policy, ref, own_ref or "base", train_cfg)
         self.stage(f"  {method} {setting}: reward {pol['reward_mean']:.3f}, KL {numbers['kl']:.2f}"
                    + ("" if kl_own is None else f" (to its own reference {kl_own:.2f})") + f", win {numbers['win_rate']:.0%}")
-        return {"point": point, "kl_own_ref": kl_own, "margins": margins}
+        # per prompt, each sample's reward: paired comparisons between runs (same prompts, same order)
+        return {"point": point, "kl_own_ref": kl_own, "margins": margins, "heldout_rewards": pol_samples.rewards}
 
     def margins(self, policy, ref, ref_name: str, train_cfg) -> list[float | None] | None:
         """h for each calibration pair (None: the study has none)."""
