@@ -104,8 +104,9 @@ def test_soft_votes_and_cdpo_give_the_same_training_losses(tmp_path):
 
 
 def test_label_fit_by_hand():
-    fit = noise.label_fit([1.0, -2.0, 0.5, None, -0.1], flipped=[1, 2])
-    assert fit == {"flipped_fit": 0.5, "clean_fit": 0.5}  # flipped: -2 no, 0.5 yes; clean: 1 yes, -0.1 no
+    fit = noise.label_fit([1.0, -2.0, 0.5, None, -0.1, 3.0], flipped=[1, 2])
+    # flipped: -2 no, 0.5 yes → 1/2; clean: 1 yes, -0.1 no, 3 yes → 2/3 (the unscored pair counts nowhere)
+    assert fit == {"flipped_fit": 0.5, "clean_fit": pytest.approx(2 / 3)}
     assert noise.label_fit([], []) == {"flipped_fit": None, "clean_fit": None}
 
 

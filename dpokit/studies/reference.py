@@ -63,9 +63,9 @@ def run(cfg: ReferenceConfig, log=print, resume: bool = False) -> dict:
             data = s.pairs_path if name == "sft" else s.write_pairs("pairs-swapped", swap_sides(s.records))
             ref_run = s.train(f"ref-{name}", data, objective="sft", method=f"reference ({name})", setting=name)
             ref_point, model = ref_run["point"], ref_run["final_dir"]
-        # The base DPO run keeps the noise study's label and key (β, ε = 0): one run for both studies.
-        label = f"dpo-eps0-b{cfg.beta:g}" if model is None else f"dpo-from-{name}-b{cfg.beta:g}"
-        dpo = s.train(label, s.pairs_path, method="dpo", setting="ε=0" if model is None else f"ref={name}",
+        # The base run keeps the noise study's label and key (loss=dpo, β, ε = 0): one run for both studies.
+        label = f"{cfg.loss}-eps0-b{cfg.beta:g}" if model is None else f"{cfg.loss}-from-{name}-b{cfg.beta:g}"
+        dpo = s.train(label, s.pairs_path, method=cfg.loss, setting="ε=0" if model is None else f"ref={name}",
                       score={"train": s.pairs_path}, **({} if model is None else {"model": model}))
         p = dpo["point"]
         rows.append({"reference": name, "reference_point": ref_point, "point": p,
