@@ -16,6 +16,8 @@ STUDIES: dict[str, str] = {
     "beta-noise": "dpokit.studies.beta_noise",
     "reference": "dpokit.studies.reference",
     "calibration": "dpokit.studies.calibration",
+    "disagreement": "dpokit.studies.disagreement",
+    "cycles": "dpokit.studies.cycles",
 }
 
 
