@@ -104,10 +104,20 @@ def test_soft_votes_and_cdpo_give_the_same_training_losses(tmp_path):
 
 
 def test_label_fit_by_hand():
-    fit = noise.label_fit([1.0, -2.0, 0.5, None, -0.1, 3.0], flipped=[1, 2])
+    fit = noise.label_fit([1.0, -2.0, 0.5, None, -0.1, 3.0], flipped=[False, True, True, True, False, False])
     # flipped: -2 no, 0.5 yes → 1/2; clean: 1 yes, -0.1 no, 3 yes → 2/3 (the unscored pair counts nowhere)
     assert fit == {"flipped_fit": 0.5, "clean_fit": pytest.approx(2 / 3)}
     assert noise.label_fit([], []) == {"flipped_fit": None, "clean_fit": None}
+
+
+def test_probe_holds_the_first_and_last_flipped_pairs():
+    n, seed = 20, 3
+    probe = noise.probe_indices(n, seed, size=6)
+    assert len(probe) == 6 and probe == sorted(probe)
+    first = noise.flip_labels(_pairs(n), 3 / n, seed)[1]  # the 3 pairs flipped first
+    assert set(first) <= set(probe)
+    assert not set(probe) & set(noise.flip_labels(_pairs(n), 17 / n, seed)[1]) - set(first)  # the other 3: flipped last
+    assert noise.probe_indices(4, seed, size=64) == [0, 1, 2, 3]  # capped at the data
 
 
 # -- calibration: ECE, reliability, confidence, both-bad ----------------------------------------------

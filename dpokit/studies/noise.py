@@ -20,8 +20,10 @@ where h = (πc − rc) − (πr − rr). Where ε̂ = 0 a method is plain DPO an
 row of cdpo, robust, soft, soft-guess is the dpo run; the run keys are equal). Measured per
 (ε, method): held-out ground-truth reward mean [95% CI], KL(π‖π_ref), win rate against the
 reference, and the implicit reward's accuracy on held-out calibration pairs (sign of h against
-the ground truth), and how far it fit its own training labels: the share of flipped pairs whose
-margin h > 0 sides with the wrong label (memorised noise) and of clean pairs with h > 0.
+the ground truth), and how far it fit its own training labels, on a probe of `probe_pairs`
+training pairs (the first and last of the flip permutation: flipped first and never): the share
+of flipped pairs whose margin h > 0 sides with the wrong label (memorised noise) and of clean
+pairs with h > 0.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class NoiseStage:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     guess_scale: float = ranged(0.5, ge=0, note="soft-guess assumes ε̂ = guess_scale·ε")
     seed: int = ranged(0, **SEED_RANGE)  # which pairs are flipped
+    probe_pairs: int = ranged(64, ge=2, note="training pairs each run is scored on (label_fit)")
 
 
 @dataclass
@@ -120,20 +123,29 @@ def run_plan(method: str, eps: float, guess_scale: float) -> tuple[str, dict, fl
 
 
 # -- the study --------------------------------------------------------------------------------------
-def label_fit(train_margins: list[float | None], flipped: list[int]) -> dict:
-    """How far a run learned the labels it was given: share of training pairs with h > 0 (the
+def probe_indices(n: int, seed: int, size: int) -> list[int]:
+    """The training pairs a run is scored on (sorted): the first and the last m = min(size//2,
+    n//2) of the flip permutation, i.e. the pairs flipped first (at any ε with k ≥ m) and those
+    flipped last (at none with k ≤ n − m). The same pair identities at every ε, at a fraction
+    of the cost of scoring every training pair."""
+    order = random.Random(seed).sample(range(n), n)
+    m = min(size // 2, n // 2)
+    return sorted(order[:m] + order[n - m:])
+
+
+def label_fit(margins: list[float | None], flipped: list[bool]) -> dict:
+    """How far a run learned the labels it was given: share of scored pairs with h > 0 (the
     given label's side), separately for flipped pairs (memorised noise) and clean pairs."""
-    bad = set(flipped)
     share = lambda xs: (sum(h > 0 for h in xs) / len(xs)) if xs else None
-    scored = [(i, h) for i, h in enumerate(train_margins or []) if h is not None]
-    return {"flipped_fit": share([h for i, h in scored if i in bad]), "clean_fit": share([h for i, h in scored if i not in bad])}
+    scored = [(f, h) for f, h in zip(flipped, margins or []) if h is not None]
+    return {"flipped_fit": share([h for f, h in scored if f]), "clean_fit": share([h for f, h in scored if not f])}
 
 
 def noise_runs(s, n: NoiseStage, beta: float | None = None, keep_margins: bool = False) -> list[dict]:
     """Train every (ε, method) of `n` on the study's pairs; one row per (ε, method). `beta`:
-    the runs' β (default: the config's). Each run also scores its own training pairs
-    (label_fit). Used by the beta-noise and calibration studies, whose runs coincide with
-    these wherever the settings do."""
+    the runs' β (default: the config's). Each run is also scored on `probe_pairs` of its own
+    training pairs (label_fit). Used by the beta-noise and calibration studies, whose runs
+    coincide with these wherever the settings do."""
     from dpokit.studies.calibration import pair_accuracy
 
     beta = s.cfg.beta if beta is None else beta
@@ -141,15 +153,18 @@ def noise_runs(s, n: NoiseStage, beta: float | None = None, keep_margins: bool =
     for eps in n.eps:
         noisy, flipped = flip_labels(s.records, eps, n.seed)
         data = s.pairs_path if not flipped else s.write_pairs(f"flip-eps{eps:g}-seed{n.seed}", noisy)
+        probe = probe_indices(len(noisy), n.seed, n.probe_pairs)
+        probe_path = s.write_pairs(f"probe-eps{eps:g}-seed{n.seed}", [noisy[i] for i in probe])
+        probe_flipped = [i in set(flipped) for i in probe]
         for method in n.methods:
             label, changes, q = run_plan(method, eps, n.guess_scale)
             path = data if q is None else s.write_pairs(f"flip-eps{eps:g}-seed{n.seed}-q{q:g}", with_votes(noisy, q))
             run = s.train(f"{label}-eps{eps:g}-b{beta:g}", path, beta=beta, method=changes["loss"], setting=f"ε={eps:g}",
-                          score={"train": data}, **changes)
+                          score={"probe": probe_path}, **changes)
             row = {"eps": eps, "method": method, "assumed_eps": assumed_eps(method, eps, n.guess_scale), "beta": beta,
                    "loss": changes["loss"], "flipped": len(flipped), "pairs": len(noisy),
                    "heldout_pair_accuracy": pair_accuracy(run["margins"], s.calibration_pairs, s.cfg.pairs.min_gap),
-                   **label_fit(run["scores"]["train"], flipped), "point": run["point"],
+                   **label_fit(run["scores"]["probe"], probe_flipped), "point": run["point"],
                    "train_steps": run["train"]["steps"], "run": run["run"]}
             if keep_margins:
                 row["margins"] = run["margins"]
@@ -179,8 +194,8 @@ def table_md(rows: list[dict], methods: list[str], reference: dict) -> str:
             + "\nImplicit-reward accuracy on held-out pairs (sign of h vs the ground truth):\n\n"
             + md_table(["ε"] + methods, [[f"{e:g}"] + [fmt((at.get((e, m)) or {}).get("heldout_pair_accuracy"), 2)
                                                        for m in methods] for e in eps])
-            + "\nFit to the training labels: share of flipped pairs learned the wrong way (h > 0) / of clean pairs "
-              "learned (h > 0):\n\n"
+            + "\nFit to the training labels (on the probe pairs): share of flipped pairs learned the wrong way "
+              "(h > 0) / of clean pairs learned (h > 0):\n\n"
             + md_table(["ε"] + methods, [[f"{e:g}"] + [_fit(at.get((e, m)) or {}) for m in methods] for e in eps]))
 
 

@@ -54,6 +54,8 @@ def swap_sides(records: list[dict]) -> list[dict]:
 
 
 def run(cfg: ReferenceConfig, log=print, resume: bool = False) -> dict:
+    from dpokit.studies.noise import NoiseStage, noise_runs
+
     s = open_study(cfg, "reference", log, resume)
     base_point = s.reference_point()
     rows = []
@@ -63,10 +65,11 @@ def run(cfg: ReferenceConfig, log=print, resume: bool = False) -> dict:
             data = s.pairs_path if name == "sft" else s.write_pairs("pairs-swapped", swap_sides(s.records))
             ref_run = s.train(f"ref-{name}", data, objective="sft", method=f"reference ({name})", setting=name)
             ref_point, model = ref_run["point"], ref_run["final_dir"]
-        # The base run keeps the noise study's label and key (loss=dpo, β, ε = 0): one run for both studies.
-        label = f"{cfg.loss}-eps0-b{cfg.beta:g}" if model is None else f"{cfg.loss}-from-{name}-b{cfg.beta:g}"
-        dpo = s.train(label, s.pairs_path, method=cfg.loss, setting="ε=0" if model is None else f"ref={name}",
-                      score={"train": s.pairs_path}, **({} if model is None else {"model": model}))
+        if model is None:  # the noise study's ε = 0 DPO run (same settings, same key: one run for both)
+            dpo = noise_runs(s, NoiseStage(eps=[0.0], methods=["dpo"], seed=0))[0]
+        else:
+            dpo = s.train(f"dpo-from-{name}-b{cfg.beta:g}", s.pairs_path, method="dpo", setting=f"ref={name}", loss="dpo",
+                          model=model)
         p = dpo["point"]
         rows.append({"reference": name, "reference_point": ref_point, "point": p,
                      "kl_to_base": p["kl"], "kl_to_own_reference": p["kl"] if model is None else dpo["kl_own_ref"],
