@@ -190,6 +190,7 @@ def test_swap_sides_and_calibration_pairs():
     (["study", "noise", "--quick", "--config", "study_noise"], "--quick picks the study's quick recipe"),
     (["study", "noise", "study_noise", "--config", "study_noise"], "two configs given"),
     (["study", "beta-noise", "study.betas=[0.0]"], "study.betas must be a non-empty list of values > 0"),
+    (["study", "noise", "objective=kto"], "objective: set by the"),  # each run's objective is the study's
 ])
 def test_bad_study_input_is_one_line_and_exit_2(argv, says, capsys):
     from dpokit.cli import main

@@ -61,6 +61,7 @@ import json
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 from dpokit.config import SEED_RANGE, ConfigError, ranged
 from dpokit.tasks.sentiment_config import SentimentConfig
@@ -81,6 +82,9 @@ class StudyConfig(SentimentConfig):
     """The sentiment study's config (prompts, pairs, eval, every TrainConfig key at the top level
     for the runs) plus where runs are shared and the calibration pairs."""
 
+    # Each study decides the objective of each of its runs (DPO, SFT for references): a user's
+    # `objective` would be silently overruled, so SentimentConfig.validate refuses it.
+    objectives: ClassVar[tuple[str, ...]] = ("dpo",)
     runs_dir: str = "runs/studies/runs"  # trained runs and pair files, shared by every study
     keep_models: bool = False  # keep the weights of DPO-family runs after evaluation (~0.5 GB each)
     calibration: CalibrationSet = field(default_factory=CalibrationSet)
