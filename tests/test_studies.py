@@ -265,3 +265,11 @@ def test_every_study_end_to_end_on_a_tiny_model(tiny_study):
     again = json.loads((root / "noise" / "noise.json").read_text())
     assert sorted(again["extra"]["reused_runs"]) == sorted({r["run"] for r in out["rows"]})
     assert [r["point"] for r in again["rows"]] == [r["point"] for r in out["rows"]]
+
+
+def test_ci_errors_and_text():
+    from dpokit.studies.common import ci_errors, ci_text
+
+    pts = [{"reward_mean": 0.2, "reward_ci95": [0.0, 0.5]}, {"reward_mean": 0.1, "reward_ci95": [None, float("nan")]}]
+    assert ci_errors(pts) == [[pytest.approx(0.2), 0.0], [pytest.approx(0.3), 0.0]]  # a bound at 0.0 is a bound
+    assert ci_text(pts[0]) == "0.200 [0.00, 0.50]" and ci_text(None) == "n/a"

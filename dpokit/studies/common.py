@@ -50,7 +50,7 @@ API (all in this module):
         (fn draws on a matplotlib Figure, Agg canvas) and `<name>.md` (title, plot, sections,
         wall time).
 
-Helpers: `md_table(header, rows)`, `fmt(x, digits)`, `ci_text(point)`.
+Helpers: `md_table(header, rows)`, `fmt(x, digits)`, `ci_text(point)`, `ci_errors(points)`.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -133,6 +134,15 @@ def ci_text(point: dict | None) -> str:
     return f"{point['reward_mean']:.3f} [{fmt(lo, 2)}, {fmt(hi, 2)}]"
 
 
+def ci_errors(points: list[dict]) -> list[list[float]]:
+    """matplotlib yerr [below, above] of points' reward CIs; an undefined bound (None, NaN: a CI
+    over one prompt) gets no bar."""
+    def gap(p, k):
+        bound = p["reward_ci95"][k]
+        return 0.0 if bound is None or math.isnan(bound) else max(0.0, abs(bound - p["reward_mean"]))
+    return [[gap(p, 0) for p in points], [gap(p, 1) for p in points]]
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     from dpokit.report import _md_cell
 
@@ -176,8 +186,8 @@ class Study:
         """The TrainConfig of a run: the study config's training keys, then `changes`."""
         from dpokit.tasks import sentiment as st
 
-        base = dict(objective="dpo", data=str(data), eval_data=None, eval_fraction=0.0, save_every=0,
-                    keep_checkpoints=0, output_dir="")
+        base = {"objective": "dpo", "data": str(data), "eval_data": None, "eval_fraction": 0.0, "save_every": 0,
+                "keep_checkpoints": 0, "output_dir": ""}
         if changes.get("objective") == "sft":  # Preferred-FT's own learning rate and length
             base.update(lr=self.cfg.sft.lr, epochs=self.cfg.sft.epochs, max_steps=0)
         return st.train_config_of(self.cfg, **{**base, **changes})
@@ -201,7 +211,7 @@ class Study:
         sft = train_cfg.objective == "sft"
         intact = (lambda r: r["final_dir"] is not None and (Path(r["final_dir"]) / "config.json").exists()) if sft else None
         if keep:  # a LoRA run's final_dir holds an adapter (adapter_config.json), not a full model
-            intact = lambda r: (r["final_dir"] is not None and (not evaluate or "heldout_rewards" in r)  # noqa: E731
+            intact = lambda r: (r["final_dir"] is not None and (not evaluate or "heldout_rewards" in r)
                                 and any((Path(r["final_dir"]) / f).exists() for f in ("config.json", "adapter_config.json")))
         compute = partial(self._run, train_cfg, method, setting, evaluate, not sft and not keep, score)
         result = {**self.runs.run(name, key, compute, intact=intact), "run": name}

@@ -33,7 +33,14 @@ import random
 from dataclasses import dataclass, field
 
 from dpokit.config import SEED_RANGE, ConfigError, ranged
-from dpokit.studies.common import StudyConfig, ci_text, fmt, md_table, open_study
+from dpokit.studies.common import (
+    StudyConfig,
+    ci_errors,
+    ci_text,
+    fmt,
+    md_table,
+    open_study,
+)
 
 TITLE = "Label noise: DPO and noise-aware losses on flipped preference labels"
 METHODS = ("dpo", "cdpo", "soft", "robust", "ipo", "soft-guess")
@@ -230,9 +237,7 @@ def plot_vs_eps(fig, rows: list[dict], reference: dict, x_key: str = "eps", grou
         mine = sorted((r for r in rows if r[group_key] == g and r["point"]), key=lambda r: r[x_key])
         xs = [r[x_key] for r in mine]
         ys = [r["point"]["reward_mean"] for r in mine]
-        err = [[max(0.0, y - (r["point"]["reward_ci95"][0] or y)) for y, r in zip(ys, mine)],
-               [max(0.0, (r["point"]["reward_ci95"][1] or y) - y) for y, r in zip(ys, mine)]]
-        ax_r.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=2, label=str(g))
+        ax_r.errorbar(xs, ys, yerr=ci_errors([r["point"] for r in mine]), marker="o", ms=4, capsize=2, label=str(g))
         ax_w.plot(xs, [r["point"]["win_rate"] for r in mine], marker="o", ms=4, label=str(g))
     ax_r.axhline(reference["reward_mean"], color="gray", ls="--", lw=1, label="reference")
     ax_w.axhline(0.5, color="gray", ls="--", lw=1)

@@ -23,7 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dpokit.config import ConfigError
-from dpokit.studies.common import StudyConfig, ci_text, fmt, md_table, open_study
+from dpokit.studies.common import (
+    StudyConfig,
+    ci_errors,
+    ci_text,
+    fmt,
+    md_table,
+    open_study,
+)
 
 TITLE = "Reference quality: DPO from the base model, from Preferred-FT and from a skewed reference"
 REFERENCES = ("base", "sft", "skewed")
@@ -105,9 +112,7 @@ def plot_references(fig, rows: list[dict]) -> None:
     xs = list(range(len(rows)))
     for shift, key, label in ((-0.15, "reference_point", "reference"), (0.15, "point", "after DPO")):
         ys = [r[key]["reward_mean"] for r in rows]
-        err = [[max(0.0, y - (r[key]["reward_ci95"][0] or y)) for y, r in zip(ys, rows)],
-               [max(0.0, (r[key]["reward_ci95"][1] or y) - y) for y, r in zip(ys, rows)]]
-        ax_r.errorbar([x + shift for x in xs], ys, yerr=err, fmt="o", capsize=3, label=label)
+        ax_r.errorbar([x + shift for x in xs], ys, yerr=ci_errors([r[key] for r in rows]), fmt="o", capsize=3, label=label)
     ax_r.set_xticks(xs, [r["reference"] for r in rows])
     ax_r.set(ylabel="held-out ground-truth reward", title="reward (95% CI)")
     ax_r.legend(fontsize=7)
