@@ -210,9 +210,9 @@ class Study:
         method = method or ("sft" if train_cfg.objective == "sft" else train_cfg.loss)
         sft = train_cfg.objective == "sft"
         intact = (lambda r: r["final_dir"] is not None and (Path(r["final_dir"]) / "config.json").exists()) if sft else None
-        if keep:  # a LoRA run's final_dir holds an adapter (adapter_config.json), not a full model
+        if keep:  # weights: a full model's or a LoRA adapter's safetensors (deleting weights leaves the configs)
             intact = lambda r: (r["final_dir"] is not None and (not evaluate or "heldout_rewards" in r)
-                                and any((Path(r["final_dir"]) / f).exists() for f in ("config.json", "adapter_config.json")))
+                                and any(Path(r["final_dir"]).glob("*.safetensors")))
         compute = partial(self._run, train_cfg, method, setting, evaluate, not sft and not keep, score)
         result = {**self.runs.run(name, key, compute, intact=intact), "run": name}
         self.results[name] = result
