@@ -2,7 +2,6 @@
 HH-RLHF / UltraFeedback readers, on the hand-written fixtures in tests/fixtures."""
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,8 @@ from dpokit.tasks import instructions_data as idata
 from dpokit.tasks.instructions_config import InstructionsConfig
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-U = lambda text: {"role": "user", "content": text}  # noqa: E731
-A = lambda text: {"role": "assistant", "content": text}  # noqa: E731
+U = lambda text: {"role": "user", "content": text}
+A = lambda text: {"role": "assistant", "content": text}
 
 
 # -- UltraFeedback (binarized) in the loader ---------------------------------------------------
@@ -115,7 +114,7 @@ def test_ifbench_word_count_range_is_inclusive():
     from dpokit.instructions.constraints import check
 
     (_, constraints), = items[0].judged
-    verdict = lambda text: all(check(c, text) for c in constraints)  # noqa: E731
+    verdict = lambda text: all(check(c, text) for c in constraints)
     assert [verdict(t) for t in ("a b", "a b c", "a b c d", "a b c d e")] == [False, True, True, False]
     assert items[0].key == "7" and counts["prompts_used"] == 1
 
@@ -159,8 +158,8 @@ def test_cli_bad_setting_is_one_line_exit_2(capsys):
 
 
 def test_cli_missing_pair_file_is_a_data_error(tmp_path, capsys):
-    from dpokit.testing import tiny_model, tiny_tokenizer
     from dpokit.cli import main
+    from dpokit.testing import tiny_model, tiny_tokenizer
 
     tiny_model().save_pretrained(tmp_path / "lm")
     tiny_tokenizer().save_pretrained(tmp_path / "lm")

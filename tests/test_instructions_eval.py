@@ -129,7 +129,7 @@ def test_value_at_kl_interpolates_without_extrapolating():
 
 
 def test_matched_kl_starts_every_curve_at_the_reference():
-    rate = lambda x: {"rate": x}  # noqa: E731
+    rate = lambda x: {"rate": x}
     reference = {"pass_rate": rate(0.2)}
     points = [{"method": "dpo", "kl": 1.0, "pass_rate": rate(0.6)}, {"method": "dpo", "kl": 4.0, "pass_rate": rate(0.7)},
               {"method": "rloo-rm", "kl": 2.0, "pass_rate": rate(0.5)}, {"method": "ipo", "kl": 1.0, "pass_rate": rate(0.3)}]

@@ -200,7 +200,7 @@ def _score(raw: dict, field: str, source: str) -> float | None:
     value = raw.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float("-inf") < value < float("inf"):
         raise DataError(source, f"expected a number, got {_type_name(value)}", field)
     return float(value)
 

@@ -18,6 +18,7 @@ independent draws, which makes intervals a little narrow when a prompt has sever
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -25,7 +26,13 @@ import torch
 
 from dpokit.eval.stats import mean_ci95
 from dpokit.instructions.constraints import check, words
-from dpokit.instructions.pairs import PRINCIPLES, is_acceptable, is_degenerate, label_pair, score
+from dpokit.instructions.pairs import (
+    PRINCIPLES,
+    is_acceptable,
+    is_degenerate,
+    label_pair,
+    score,
+)
 from dpokit.instructions.prompts import InstructionPrompt
 from dpokit.instructions.refusal import is_refusal
 
@@ -184,7 +191,7 @@ def value_at_kl(curve: list[tuple[float, float]], kl: float) -> float | None:
     """Linear interpolation of (KL, value) points, in training order (the reference first at
     KL 0), at `kl`: the first segment whose KL range holds it. None when the run never reached
     that KL (no extrapolation)."""
-    for (k0, v0), (k1, v1) in zip(curve, curve[1:]):
+    for (k0, v0), (k1, v1) in itertools.pairwise(curve):
         lo, hi = min(k0, k1), max(k0, k1)
         if lo <= kl <= hi:
             return v0 if k1 == k0 else v0 + (v1 - v0) * (kl - k0) / (k1 - k0)

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dpokit.config import SEED_RANGE, ConfigError, TrainConfig, ranged, validate_train_config
+from dpokit.config import (
+    SEED_RANGE,
+    ConfigError,
+    TrainConfig,
+    ranged,
+    validate_train_config,
+)
 
 # TrainConfig keys the study sets itself (it trains on the pairs it builds, with the loss each
 # method names): a value given for one of these would be silently overwritten.

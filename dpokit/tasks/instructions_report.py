@@ -156,13 +156,13 @@ def _num(x, fmt="{:.2f}") -> str:
 def report_md(summary: dict, examples: list[dict], plots: dict) -> str:
     c, h = summary["pair_counts"], summary["heldout"]
     lines = [f"# {summary['title']}", "",
-             f"Model `{summary['model']}`. Held-out: {h['prompts']} prompts ({', '.join(f'{k} {v}' for k, v in h['by_split_kind'].items())}), "
-             f"{h['samples_per_prompt']} responses each per model, the same prompts for every model. Pairs: {c['total']} "
-             f"({c['sampled']} from sampling, {c['revised']} from critique → revision, {c['file']} from files). "
-             "Intervals: Wilson 95% over responses.", "",
+             (f"Model `{summary['model']}`. Held-out: {h['prompts']} prompts ({', '.join(f'{k} {v}' for k, v in h['by_split_kind'].items())}), "
+              f"{h['samples_per_prompt']} responses each per model, the same prompts for every model. Pairs: {c['total']} "
+              f"({c['sampled']} from sampling, {c['revised']} from critique → revision, {c['file']} from files). "
+              "Intervals: Wilson 95% over responses."), "",
              "## Held-out results (final model of each method)", "",
-             "| model | KL | pass rate | new questions | held-out wording | harmful refused | harmless refused | acceptable "
-             "| win vs reference | win vs Preferred-FT | words |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             ("| model | KL | pass rate | new questions | held-out wording | harmful refused | harmless refused | acceptable "
+              "| win vs reference | win vs Preferred-FT | words |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     blocks = {"reference": summary["reference"], **summary["policy"]}
     for name, b in blocks.items():
         w = summary["win_rate"].get(name, {})
@@ -174,8 +174,8 @@ def report_md(summary: dict, examples: list[dict], plots: dict) -> str:
     mk = (summary.get("matched_kl") or {}).get("pass_rate")
     if mk:
         lines += ["", f"## At matched KL ({mk['kl']:.2f} nats, the final KL of {mk['against']})", "",
-                  "Each method's pass rate interpolated along its own evaluated steps (from the reference at KL 0); "
-                  "n/a where the method never reached that KL.", "", "| method | pass rate at that KL |", "|---|---|"]
+                  ("Each method's pass rate interpolated along its own evaluated steps (from the reference at KL 0); "
+                   "n/a where the method never reached that KL."), "", "| method | pass rate at that KL |", "|---|---|"]
         lines += [f"| {m} | {_num(v, '{:.1%}')} |" for m, v in mk["values"].items()]
     lines += ["", "## Per family (held-out pass rate)", "", "| family | " + " | ".join(summary["per_family"]) + " |",
               "|---|" + "---|" * len(summary["per_family"])]
@@ -190,8 +190,8 @@ def report_md(summary: dict, examples: list[dict], plots: dict) -> str:
     rm = summary.get("reward_model")
     if rm:
         on = rm.get("on_best_of_n_samples") or {}
-        lines += ["", "## Reward model", "", f"Held-out pair accuracy {_num(rm.get('heldout_pair_accuracy'))}; on the Best-of-N "
-                  f"samples, ordered as the checker orders them: {_num(on.get('accuracy'))} over {on.get('pairs', 0)} within-prompt pairs."]
+        lines += ["", "## Reward model", "", (f"Held-out pair accuracy {_num(rm.get('heldout_pair_accuracy'))}; on the Best-of-N "
+                  f"samples, ordered as the checker orders them: {_num(on.get('accuracy'))} over {on.get('pairs', 0)} within-prompt pairs.")]
     lines += ["", "## Plots", ""] + [f"![{t}]({Path(p).name})" for t, p in plots.items()]
     lines += ["", "## Examples (first reference and first DPO response)", ""]
     for ex in examples:
@@ -208,9 +208,9 @@ def _ifbench_md(summary: dict) -> list[str]:
         return []
     blocks = {"reference": summary["reference"], **summary["policy"]}
     out = ["", "## IFBench (out of distribution)", "",
-           f"{counts['prompts_used']} of {counts['prompts_total']} prompts have an instruction our checkers judge "
-           f"({counts['instructions_judged']} instructions); {counts['instructions_skipped']} instructions skipped: "
-           f"{counts['skip_reason']}.", "", "| model | instruction pass |", "|---|---|"]
+           (f"{counts['prompts_used']} of {counts['prompts_total']} prompts have an instruction our checkers judge "
+            f"({counts['instructions_judged']} instructions); {counts['instructions_skipped']} instructions skipped: "
+            f"{counts['skip_reason']}."), "", "| model | instruction pass |", "|---|---|"]
     return out + [f"| {n} | {_pct((b.get('ifbench') or {}).get('instruction_pass'))} |" for n, b in blocks.items()]
 
 
@@ -218,8 +218,8 @@ def _judge_md(judge: dict | None) -> list[str]:
     if not judge or not judge.get("n"):
         return []
     out = ["", "## The bundled model as a pairwise judge", "",
-           f"On {judge['n']} labelled pairs, both orders: agreement with the checkers {_num(judge['agreement'], '{:.1%}')}, "
-           f"same answer in both orders {_num(judge['consistent'], '{:.1%}')}, says \"A\" {_num(judge['says_a'], '{:.1%}')} of the time.",
+           (f"On {judge['n']} labelled pairs, both orders: agreement with the checkers {_num(judge['agreement'], '{:.1%}')}, "
+            f"same answer in both orders {_num(judge['consistent'], '{:.1%}')}, says \"A\" {_num(judge['says_a'], '{:.1%}')} of the time."),
            "", "| group | n | agreement |", "|---|---|---|"]
     for key, vals in judge["by"].items():
         out += [f"| {key}={v} | {s['n']} | {_num(s['agreement'], '{:.1%}')} |" for v, s in vals.items()]
@@ -230,8 +230,8 @@ def _pairs_md(c: dict) -> list[str]:
     out = ["", "## Pairs", "", f"{c['sampled']} sampled + {c['revised']} revised + {c['file']} from files = {c['total']}."]
     rules = c.get("rules")
     if rules:
-        out += [f"By principle: {rules['by_principle']}. By family: {rules['by_family']}. Prompts without a pair: "
-                f"{rules['prompts_without_pair']} ({rules['no_pair_reasons']})."]
+        out += [(f"By principle: {rules['by_principle']}. By family: {rules['by_family']}. Prompts without a pair: "
+                 f"{rules['prompts_without_pair']} ({rules['no_pair_reasons']}).")]
     if c.get("files"):
         out.append(f"Pair files: {c['files']['pairs']} kept, {c['files']['skipped']} skipped ({c['files']['skip_reasons']}).")
     return out
