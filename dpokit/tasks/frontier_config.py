@@ -4,6 +4,7 @@ and every TrainConfig key for the DPO runs) plus one section per method."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from dpokit.config import ConfigError, ranged
 from dpokit.tasks.sentiment_config import SentimentConfig
@@ -78,6 +79,7 @@ class FrontierConfig(SentimentConfig):
     bon: BestOfNStage = field(default_factory=BestOfNStage)
     stability: StabilityStage = field(default_factory=StabilityStage)
     implicit: ImplicitRewardStage = field(default_factory=ImplicitRewardStage)
+    objectives: ClassVar[tuple[str, ...]] = ("dpo",)  # each run's objective is the sweep's to decide
 
     def validate(self, given: set[str] | None = None) -> None:
         super().validate(given)

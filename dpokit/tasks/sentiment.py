@@ -64,7 +64,20 @@ def make_pairs(cfg, model, tokenizer, model_fp, train_prompts, reward_fn, run_di
     records, counts = sp.build_pairs(samples, per_prompt=cfg.pairs.per_prompt, min_gap=cfg.pairs.min_gap)
     sp.write_jsonl(records, run_dir / "pairs.jsonl")
     stage(f"pairs: {counts['pairs']} from {counts['prompts']} prompts ({counts['ties_dropped']} ties dropped) → {run_dir / 'pairs.jsonl'}")
+    if cfg.objective == "kto":
+        counts["kto_records"] = len(sp.write_jsonl(sp.kto_records(records), run_dir / "kto.jsonl").read_text().splitlines())
+        stage(f"KTO: {counts['kto_records']} labelled completions from the pairs → {run_dir / 'kto.jsonl'}")
+    elif cfg.objective == "rrhf":
+        ranked, counts["rrhf_prompts_skipped"] = sp.ranked_records(samples, min_gap=cfg.pairs.min_gap)
+        counts["rrhf_records"] = len(ranked)
+        sp.write_jsonl(ranked, run_dir / "rrhf.jsonl")
+        stage(f"RRHF: {len(ranked)} ranked prompts ({counts['rrhf_prompts_skipped']} skipped: all their samples tie) "
+              f"→ {run_dir / 'rrhf.jsonl'}")
     return counts
+
+
+# The training file of each objective the study trains (make_pairs writes it).
+OBJECTIVE_DATA = {"dpo": "pairs.jsonl", "kto": "kto.jsonl", "rrhf": "rrhf.jsonl"}
 
 
 def sft_config(cfg: SentimentConfig, run_dir: Path) -> TrainConfig:
@@ -174,26 +187,27 @@ def run_sentiment(cfg: SentimentConfig, log=print) -> dict:
     ref_samples, heldout_pairs = reference_heldout(
         cfg, ref_model, tokenizer, model_fingerprint(ref_model), heldout, reward_fn, run_dir, cache_dir, stage)
 
-    stage(f"{cfg.loss} training, β={cfg.beta}")
+    pairwise = cfg.objective == "dpo"  # the held-out pair file evaluates pairwise objectives only
+    stage(f"{cfg.loss if pairwise else cfg.objective} training, β={cfg.beta}")
     dpo_cfg = train_config_of(
-        cfg, objective="dpo", model=ref_name, data=str(run_dir / "pairs.jsonl"),
-        eval_data=str(run_dir / "heldout_pairs.jsonl") if heldout_pairs else None, eval_fraction=0.0,
+        cfg, model=ref_name, data=str(run_dir / OBJECTIVE_DATA[cfg.objective]),
+        eval_data=str(run_dir / "heldout_pairs.jsonl") if heldout_pairs and pairwise else None, eval_fraction=0.0,
         output_dir=str(run_dir / "policy"),
     )
     result = train(dpo_cfg, log=stage, force=True)
     pol_samples, numbers = evaluate_policy(cfg, result.model, ref_model, tokenizer, ref_samples, reward_fn, heldout, stage)
     calibration = None
-    if heldout_pairs:
+    if heldout_pairs and pairwise:
         stage("implicit margins vs ground-truth gaps on held-out pairs")
         calibration = heldout_calibration(cfg, dpo_cfg, result.model, ref_model, tokenizer, heldout_pairs, run_dir / "heldout_pairs.jsonl")
 
     summary = {
-        "title": f"Sentiment control: {cfg.loss}, β={cfg.beta}",
+        "title": f"Sentiment control: {cfg.loss if pairwise else cfg.objective}, β={cfg.beta}",
         **numbers,
         "implicit_accuracy": (result.summary.get("eval") or {}).get("rewards/accuracies"),
         "margin_calibration": calibration,
         "likelihood_change": likelihood_change(cfg, result.summary.get("eval")),
-        "beta": cfg.beta, "loss": cfg.loss, "pairs": pair_counts, "train_steps": result.summary["steps"],
+        "beta": cfg.beta, "objective": cfg.objective, "loss": cfg.loss if pairwise else None, "pairs": pair_counts, "train_steps": result.summary["steps"],
         "skipped_steps": result.summary["skipped_steps"], "model": cfg.model, "reference": {**numbers["reference"], "model": ref_name},
     }
     summary["elapsed_s"] = stage.elapsed()

@@ -4,12 +4,13 @@ at the top level, plus the sections that only this study has."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from dpokit.config import SEED_RANGE, ConfigError, TrainConfig, ranged, validate_train_config
 
-# TrainConfig keys the study sets itself: it trains DPO on the pairs it builds and evaluates on
+# TrainConfig keys the study sets itself: it trains on the data it builds and evaluates on
 # held-out prompts, so a value given for these would be silently overwritten.
-STUDY_SETS = ("objective", "data", "split", "eval_data", "eval_fraction")
+STUDY_SETS = ("data", "split", "eval_data", "eval_fraction")
 
 
 @dataclass
@@ -51,16 +52,24 @@ class SentimentConfig(TrainConfig):
     sft: SftStage = field(default_factory=SftStage)
     eval: EvalConfig = field(default_factory=EvalConfig)
     reward: str = "sentiment"  # ground truth (dpokit.eval.rewards)
+    # What the study trains from its samples: pairs (DPO and its losses), the pairs as labelled
+    # completions (KTO), or each prompt's ranked samples (RRHF). A study built on this config
+    # that decides the objective of each of its runs itself (the frontier) narrows this to one,
+    # and `objective` then joins the keys it sets itself.
+    objectives: ClassVar[tuple[str, ...]] = ("dpo", "kto", "rrhf")
 
     def validate(self, given: set[str] = frozenset()) -> None:
         """`given`: the keys the user's file and overrides name (load_config)."""
         from dpokit.eval.rewards import REWARDS
         from dpokit.tasks.sentiment_prompts import build_prompts
 
-        fixed = [key for key in STUDY_SETS if key in (given or ())]
+        sets = ("objective",) * (len(self.objectives) == 1) + STUDY_SETS
+        fixed = [key for key in sets if key in (given or ())]
         if fixed:
             raise ConfigError(f"{', '.join(fixed)}: set by the sentiment study itself (it trains on the pairs it "
                               "builds, evaluates on held-out prompts); remove from the config")
+        if self.objective not in self.objectives:
+            raise ConfigError(f"objective: the sentiment study trains one of {', '.join(self.objectives)}, got {self.objective!r}")
         validate_train_config(self)  # every field's range too, these sections' included
         n_prompts = len(build_prompts())
         if self.prompts.n_heldout >= n_prompts:

@@ -82,6 +82,41 @@ def _pick_disjoint_first(candidates, limit: int):
     return picked
 
 
+def kto_records(pairs: list[dict]) -> list[dict]:
+    """KTO's unpaired data from the pairs (Ethayarajh et al. 2024 train on pair data this way):
+    each chosen completion a desirable example, each rejected one undesirable, exact repeats of
+    (prompt, completion, label) once. A completion chosen in one pair and rejected in another
+    keeps both labels: the unpaired view of the same comparisons, nothing dropped."""
+    seen, out = set(), []
+    for r in pairs:
+        for side, label in (("chosen", True), ("rejected", False)):
+            key = (r["prompt"], r[side], label)
+            if key not in seen:
+                seen.add(key)
+                out.append({"prompt": r["prompt"], "completion": r[side], "label": label,
+                            "completion_finished": r.get(f"{side}_finished", True)})
+    return out
+
+
+def ranked_records(samples: SampleSet, *, min_gap: float) -> tuple[list[dict], int]:
+    """RRHF's ranked data (Yuan et al. 2023): per prompt its distinct sampled completions with
+    their ground-truth scores. A prompt whose scores all lie within `min_gap` of each other
+    ranks nothing (every pair a tie, as build_pairs drops them): skipped and counted.
+    Returns (records, prompts skipped)."""
+    out, skipped = [], 0
+    for prompt, comps, rewards in zip(samples.prompts, samples.completions, samples.rewards):
+        texts, scores = [], []
+        for c, r in zip(comps, rewards):
+            if c.text.strip() not in {t.strip() for t in texts}:
+                texts.append(c.text)
+                scores.append(r)
+        if len(texts) < 2 or max(scores) - min(scores) < min_gap:
+            skipped += 1
+            continue
+        out.append({"prompt": prompt, "responses": texts, "scores": scores})
+    return out, skipped
+
+
 def write_jsonl(records: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
