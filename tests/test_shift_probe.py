@@ -17,7 +17,12 @@ from dpokit.shift.probe import (
     probe_specs,
     third,
 )
-from dpokit.shift.probe_stats import per_prompt_means, share_of_gain, shift_headline, verdict
+from dpokit.shift.probe_stats import (
+    per_prompt_means,
+    share_of_gain,
+    shift_headline,
+    verdict,
+)
 
 ATTN = ["self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"]
 MLP = ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"]

@@ -27,7 +27,7 @@ the three means' separate intervals.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from dpokit.eval.stats import t_quantile_975
 from dpokit.shift.probe import third
@@ -100,12 +100,12 @@ def verdict(probes: list[dict], *, threshold: float = DEFAULT_THRESHOLD, group_r
     sweep = sorted((p for p in probes if p["group"] == "all"), key=lambda p: p["r"])
     base = next((p for p in sweep if p["r"] == min_r), None)
     out = {"label": "undetermined", "firm": False, "deciding": [], "rule": rule, "threshold": threshold,
-           "smallest_rank_reaching": next((p["r"] for p in sweep if (p["share"] or -math.inf) >= threshold), None)}
+           "smallest_rank_reaching": next((p["r"] for p in sweep if p["share"] is not None and p["share"] >= threshold), None)}
     if any(p["share"] is None for p in groups + sweep):
         return out
     reached = [p for p in groups if p["share"] >= threshold]
-    below = lambda p: p["ci95"][1] < threshold  # noqa: E731 (read as a phrase below)
-    above = lambda p: p["ci95"][0] >= threshold  # noqa: E731
+    below = lambda p: p["ci95"][1] < threshold
+    above = lambda p: p["ci95"][0] >= threshold
     if reached:
         best = max(reached, key=lambda p: p["share"])
         out.update(label="localised", deciding=[best["name"]], firm=above(best))

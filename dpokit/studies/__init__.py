@@ -18,6 +18,7 @@ STUDIES: dict[str, str] = {
     "calibration": "dpokit.studies.calibration",
     "disagreement": "dpokit.studies.disagreement",
     "cycles": "dpokit.studies.cycles",
+    "lowrank": "dpokit.studies.lowrank",
 }
 
 
