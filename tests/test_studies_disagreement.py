@@ -134,6 +134,10 @@ def test_disagreement_and_cycles_end_to_end_on_a_tiny_model(tiny_study):
     assert {p.suffix for p in (root / "disagreement").glob("disagreement.*")} == {".json", ".md", ".png"}
     md = (root / "disagreement" / "disagreement.md").read_text()
     assert "Most consistent with the mixture's utility U" in md
+    # the votes are drawn from one seed: a second invocation with --resume trains nothing
+    assert main(argv("disagreement", "--resume")) == 0
+    again = json.loads((root / "disagreement" / "disagreement.json").read_text())
+    assert len(again["extra"]["reused_runs"]) == len(out["rows"]) and again["rows"] == out["rows"]
 
     assert main(argv("cycles")) == 0
     cyc = json.loads((root / "cycles" / "cycles.json").read_text())
