@@ -128,18 +128,19 @@ def test_disagreement_and_cycles_end_to_end_on_a_tiny_model(tiny_study):
     from dpokit.cli import main
 
     root, argv = tiny_study
-    assert main(argv("disagreement")) == 0
+    # the quick recipes at toy size, with every method and a transitive and a cyclic rate
+    assert main(argv("disagreement", "disagreement.methods=[majority,soft,panel,utility]")) == 0
     out = json.loads((root / "disagreement" / "disagreement.json").read_text())
     check_disagreement(out)
     assert {p.suffix for p in (root / "disagreement").glob("disagreement.*")} == {".json", ".md", ".png"}
     md = (root / "disagreement" / "disagreement.md").read_text()
     assert "Most consistent with the mixture's utility U" in md
     # the votes are drawn from one seed: a second invocation with --resume trains nothing
-    assert main(argv("disagreement", "--resume")) == 0
+    assert main(argv("disagreement", "disagreement.methods=[majority,soft,panel,utility]", "--resume")) == 0
     again = json.loads((root / "disagreement" / "disagreement.json").read_text())
     assert len(again["extra"]["reused_runs"]) == len(out["rows"]) and again["rows"] == out["rows"]
 
-    assert main(argv("cycles")) == 0
+    assert main(argv("cycles", "cycles.rhos=[0.0,1.0]")) == 0
     cyc = json.loads((root / "cycles" / "cycles.json").read_text())
     check_cycles(cyc)
     assert {(r["rho"], r["method"]) for r in cyc["rows"]} == {(0.0, "dpo"), (0.0, "soft"), (1.0, "dpo"), (1.0, "soft")}
