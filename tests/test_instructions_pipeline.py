@@ -24,7 +24,7 @@ def tiny_lm(tmp_path_factory):
 
 def _args(root, out, *extra):
     return ["run", "instructions", "--quick", f"model={root / 'lm'}", f"output_dir={out}", "progress=false",
-            f"cache_dir={root / 'cache'}", *extra]
+            f"cache_dir={root / 'cache'}", "dpo.points=2", "max_steps=3", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,9 @@ def test_summary_keys_and_pair_counts(study):
                 "harmful_refusal_rate", "harmless_refusal_rate", "kl", "best_of_n", "matched_kl"):
         assert key in s, key
     assert list(s["policy"]) == METHODS
+    # DPO evaluated at a checkpoint and at its end; the final point is the policy's
+    assert [(p["method"], p["step"]) for p in s["points"] if p["method"] == "dpo"] == [("dpo", 2), ("dpo", 3)]
+    assert s["policy"]["dpo"]["step"] == 3
     c = s["pair_counts"]
     lines = (out / "pairs.jsonl").read_text().splitlines()
     assert c["sampled"] + c["revised"] + c["file"] == c["total"] == len(lines)
