@@ -255,8 +255,9 @@ def test_every_study_end_to_end_on_a_tiny_model(tiny_study):
     ref = {r["reference"]: r for r in json.loads((root / "reference" / "reference.json").read_text())["rows"]}
     assert ref["base"]["run"] == rows[0.0, "dpo"]["run"]  # the noise study's ε = 0 run
     assert ref["base"]["kl_to_own_reference"] == ref["base"]["kl_to_base"]
+    assert [ref[n]["reference_point"]["setting"] for n in ("sft", "skewed")] == ["on chosen", "on rejected"]
     for name in ("sft", "skewed"):
-        assert ref[name]["reference_point"]["method"] == f"reference ({name})" and ref[name]["kl_to_own_reference"] is not None
+        assert ref[name]["reference_point"]["method"] == "sft" and ref[name]["kl_to_own_reference"] is not None
         assert ref[name]["gain_over_reference"] == pytest.approx(ref[name]["point"]["reward_mean"] - ref[name]["reference_point"]["reward_mean"])
     assert len(list((root / "runs").glob("ref-*/final/*.safetensors"))) == 2  # references are kept
 

@@ -41,6 +41,8 @@ API (all in this module):
             scores     with score={name: pair file}: h of each record of those files (e.g. the
                        run's own noisy training pairs: which labels did it learn?)
             train      steps, train_seconds, last training metrics
+            wall_s     seconds spent training (all of train(): loading, reference log-probs,
+                       steps, saving), evaluating, on margins and on `score`
             run        the run's directory name under runs_dir
             final_dir  the trained model (None once deleted: keep_models=false deletes the
                        weights of DPO-family runs after evaluation; SFT runs are always kept,
@@ -59,6 +61,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -223,7 +226,9 @@ class Study:
         from dpokit.train.loop import train
 
         self.stage(f"{method} {setting}: training ({train_cfg.output_dir})")
+        clock = time.perf_counter()
         out = train(train_cfg, log=lambda *_: None, force=True)
+        wall = {"train": time.perf_counter() - clock}  # where a run's minutes go (the budget is sized from it)
         own_ref = train_cfg.ref_model or (train_cfg.model if train_cfg.model != self.cfg.model else None)
         summary = out.summary
         result = {"method": method, "setting": setting, "point": None, "kl_own_ref": None, "margins": None,
@@ -231,11 +236,14 @@ class Study:
                             "skipped_steps": summary["skipped_steps"], "last": summary.get("train_last")},
                   "final_dir": str(out.final_dir)}
         if evaluate:
-            result.update(self._evaluate(out.model, method, setting, summary, own_ref, train_cfg))
+            result.update(self._evaluate(out.model, method, setting, summary, own_ref, train_cfg, wall))
         if score:
+            clock = time.perf_counter()
             ref = self.ref_model if own_ref is None else load_model(own_ref, dtype=self.cfg.dtype)[0]
             result["scores"] = {k: self.pair_margins(out.model, ref, own_ref or "base", Path(p), train_cfg)
                                 for k, p in score.items()}
+            wall["score"] = time.perf_counter() - clock
+        result["wall_s"] = wall
         del out
         if deletable and not self.cfg.keep_models:
             for f in Path(result["final_dir"]).glob("*.safetensors"):
@@ -243,7 +251,7 @@ class Study:
             result["final_dir"] = None
         return result
 
-    def _evaluate(self, policy, method, setting, summary, own_ref: str | None, train_cfg) -> dict:
+    def _evaluate(self, policy, method, setting, summary, own_ref: str | None, train_cfg, wall: dict) -> dict:
         """Point against the base model; KL to the run's own reference; calibration margins."""
         from dpokit.eval import policy_eval as pe
         from dpokit.eval.stats import sequence_kl
@@ -252,6 +260,7 @@ class Study:
         from dpokit.tasks import sentiment as st
 
         cfg = self.cfg
+        clock = time.perf_counter()
         pol_samples, numbers = st.evaluate_policy(cfg, policy, self.ref_model, self.tokenizer, self.ref_samples,
                                                   self.reward_fn, self.heldout, lambda *_: None)
         pol = numbers["policy"]
@@ -262,7 +271,10 @@ class Study:
             ref = load_model(own_ref, dtype=cfg.dtype)[0]
             kl_own = sequence_kl(pe.completion_logps(policy, self.tokenizer, pol_samples),
                                  pe.completion_logps(ref, self.tokenizer, pol_samples))
+        wall["evaluate"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         margins = self.margins(policy, ref, own_ref or "base", train_cfg)
+        wall["margins"] = time.perf_counter() - clock
         self.stage(f"  {method} {setting}: reward {pol['reward_mean']:.3f}, KL {numbers['kl']:.2f}"
                    + ("" if kl_own is None else f" (to its own reference {kl_own:.2f})") + f", win {numbers['win_rate']:.0%}")
         # per prompt, each sample's reward: paired comparisons between runs (same prompts, same order)

@@ -70,7 +70,8 @@ def run(cfg: ReferenceConfig, log=print, resume: bool = False) -> dict:
         ref_point, model = base_point, None
         if name != "base":
             data = s.pairs_path if name == "sft" else s.write_pairs("pairs-swapped", swap_sides(s.records))
-            ref_run = s.train(f"ref-{name}", data, objective="sft", method=f"reference ({name})", setting=name)
+            ref_run = s.train(f"ref-{name}", data, objective="sft", method="sft",
+                              setting="on chosen" if name == "sft" else "on rejected")
             ref_point, model = ref_run["point"], ref_run["final_dir"]
         if model is None:  # the noise study's ε = 0 DPO run (same settings, same key: one run for both)
             dpo = noise_runs(s, NoiseStage(eps=[0.0], methods=["dpo"], seed=0))[0]
