@@ -193,8 +193,8 @@ def trained_md(rows: list[dict], criteria: list[str], extra: dict) -> str:
     skipped = "".join(f"\n- {m}: not trained, {why}." for m, why in extra["skipped_methods"].items())
     return ("## Trained policies (measured on held-out pairs)\n\n"
             "Agreement of sign(βh) with each target [95% Wilson CI]; ρ = Spearman of βh with ΔU; "
-            "|σ−P_mix| = mean |σ(βh) − P_mix|.\n\n"
-            + md_table(["method", "train records"] + [TARGET_NAMES.get(c, c) for c in cols] + ["ρ(βh, ΔU)", "|σ−P_mix|", "follows"], body)
+            "σ gap = mean |σ(βh) − P_mix|.\n\n"
+            + md_table(["method", "train records"] + [TARGET_NAMES.get(c, c) for c in cols] + ["ρ(βh, ΔU)", "σ gap", "follows"], body)
             + f"\nHeld-out sentiment reward [95% CI] (reference {ci_text(extra['reference'])}), KL(π‖π_ref), win rate:\n\n"
             + md_table(["method", "sentiment reward", "KL", "win"], points) + skipped + "\n")
 
