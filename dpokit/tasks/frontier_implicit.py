@@ -110,7 +110,7 @@ def implicit_md(rows: list[dict] | None, rm_spearman: float | None) -> str:
     if not rows:
         return ""
     lines = ["## When does the implicit reward rank by the ground truth?", "",
-             "Spearman ρ of β·log π/π_ref (summed over the completion; per token in brackets) with the ground truth on "
+             "Spearman ρ of β·log π/π_ref (summed over the completion, and per token) with the ground truth on "
              "the held-out reference samples, along DPO runs at a constant learning rate (pairs seen = steps × batch). "
              f"The reward model's ρ on the same samples: {_fmt(rm_spearman)}.", "",
              "| β | pool (pairs) | step | pairs seen | epochs | ρ | ρ per token |", "|---|---|---|---|---|---|---|"]
