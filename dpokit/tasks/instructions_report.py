@@ -157,7 +157,7 @@ def report_md(summary: dict, examples: list[dict], plots: dict) -> str:
     c, h = summary["pair_counts"], summary["heldout"]
     lines = [f"# {summary['title']}", "",
              (f"Model `{summary['model']}`. Held-out: {h['prompts']} prompts ({', '.join(f'{k} {v}' for k, v in h['by_split_kind'].items())}), "
-              f"{h['samples_per_prompt']} responses each per model, the same prompts for every model. Pairs: {c['total']} "
+              f"{h['samples_per_prompt']} response(s) per prompt and model, the same prompts for every model. Pairs: {c['total']} "
               f"({c['sampled']} from sampling, {c['revised']} from critique → revision, {c['file']} from files). "
               "Intervals: Wilson 95% over responses."), "",
              "## Held-out results (final model of each method)", "",
