@@ -198,7 +198,8 @@ def test_recipes_are_package_data():
     from dpokit.tasks.registry import _default_config
 
     names = sorted(p.name for p in resources.files("dpokit.configs").iterdir() if p.name.endswith(".yaml"))
-    expected = ["dpo", "frontier", "frontier_quick", "kto", "ppo_sentiment", "rloo_sentiment", "rm", "sentiment", "sentiment_quick", "sft"]
+    expected = ["dpo", "frontier", "frontier_quick", "instructions", "instructions_quick", "kto", "ppo_sentiment", "rloo_sentiment",
+                "rm", "sentiment", "sentiment_quick", "sft"]
     assert names == [f"{n}.yaml" for n in expected] and recipes() == expected
     assert _default_config("sentiment", quick=True).name == "sentiment_quick.yaml"
     assert load_config(SentimentConfig, _default_config("sentiment", quick=False)).prompts.n_train == 240
@@ -207,10 +208,12 @@ def test_recipes_are_package_data():
     from dpokit.rlhf.ppo_config import PPOConfig
     from dpokit.rlhf.rloo_config import RLOOConfig
     from dpokit.tasks.frontier_config import FrontierConfig
+    from dpokit.tasks.instructions_config import InstructionsConfig
 
     for name, cls in (("dpo", TrainConfig), ("rm", TrainConfig), ("sft", TrainConfig),
                       ("ppo_sentiment", PPOConfig), ("rloo_sentiment", RLOOConfig),
-                      ("frontier", FrontierConfig), ("frontier_quick", FrontierConfig)):
+                      ("frontier", FrontierConfig), ("frontier_quick", FrontierConfig),
+                      ("instructions", InstructionsConfig), ("instructions_quick", InstructionsConfig)):
         load_config(cls, config_source(name))  # every recipe loads and validates
 
 
