@@ -198,9 +198,15 @@ def test_recipes_are_package_data():
     from dpokit.tasks.registry import _default_config
 
     names = sorted(p.name for p in resources.files("dpokit.configs").iterdir() if p.name.endswith(".yaml"))
-    expected = ["dpo", "frontier", "frontier_quick", "instructions", "instructions_quick", "kto", "ppo_sentiment", "rloo_sentiment",
-                "rm", "sentiment", "sentiment_quick", "sft"]
+    from dpokit.studies import STUDIES, recipe_name, study_module
+
+    studies = sorted(recipe_name(s, quick) for s in STUDIES for quick in (False, True))
+    expected = sorted(["dpo", "frontier", "frontier_quick", "instructions", "instructions_quick", "kto", "ppo_sentiment",
+                       "rloo_sentiment", "rm", "sentiment", "sentiment_quick", "sft", *studies])
     assert names == [f"{n}.yaml" for n in expected] and recipes() == expected
+    for study in STUDIES:  # every study's recipes load and validate with its own config
+        for quick in (False, True):
+            load_config(study_module(study).CONFIG, recipe(recipe_name(study, quick)))
     assert _default_config("sentiment", quick=True).name == "sentiment_quick.yaml"
     assert load_config(SentimentConfig, _default_config("sentiment", quick=False)).prompts.n_train == 240
     assert not Path("configs").exists()  # one copy only: dpokit/configs
