@@ -26,7 +26,7 @@ TITLE = "β × label noise: does a small β overfit noisy preferences more?"
 @dataclass
 class BetaNoiseStage:
     betas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.5])
-    eps: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])
+    eps: list[float] = field(default_factory=lambda: [0.0, 0.4])
     seed: int = ranged(0, **SEED_RANGE)  # which pairs are flipped (= noise.seed)
 
 

@@ -39,7 +39,7 @@ TITLE = "Overconfident margins: calibration of σ(β·h) against the held-out gr
 @dataclass
 class CalibrationStage:
     betas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.5])
-    eps: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])  # label-flip rates of the runs' pairs
+    eps: list[float] = field(default_factory=lambda: [0.0, 0.4])  # label-flip rates of the runs' pairs
     noise_seed: int = ranged(0, **SEED_RANGE)  # which pairs are flipped (= noise.seed of the noise studies)
     bins: int = ranged(10, ge=1)
     bad_threshold: float = ranged(-0.05, note="a response is bad when its reward ≤ this")
