@@ -78,7 +78,7 @@ def test_lowrank_study_end_to_end_on_a_tiny_model(tiny_lowrank):
     from dpokit.cli import main
 
     root, argv = tiny_lowrank
-    assert main(argv()) == 0
+    assert main(argv("probe.groups=[attention,top_third]")) == 0
     out = check_lowrank_outputs(root / "lowrank", root / "runs", n_layers=4, heldout=6)
     assert [r["probe"] for r in out["rows"]] == ["lora-r1", "lora-r2", "lora-attention-r1", "lora-top-third-r1"]
     assert out["extra"]["shift"]["headline"]["patching_by_third"] is not None  # the full run moved the log-ratios
@@ -96,7 +96,7 @@ def test_lowrank_study_end_to_end_on_a_tiny_model(tiny_lowrank):
     # ... and a stored full run whose weights are gone is redone under --resume; the probes are reused
     for f in weights:
         f.unlink()
-    assert main(argv("--resume")) == 0
+    assert main(argv("probe.groups=[attention,top_third]", "--resume")) == 0
     again = json.loads((root / "lowrank" / "lowrank.json").read_text())
     assert full_run not in again["extra"]["reused_runs"]
     assert sorted(again["extra"]["reused_runs"]) == sorted(r["run"] for r in out["rows"])
@@ -129,4 +129,12 @@ def test_the_recipes_load():
     assert (full.probe.ranks, full.probe.group_r, full.max_steps) == ([1, 2, 4, 8, 16], 1, 30)
     assert full.probe.groups == ["attention", "mlp", "bottom_third", "top_third"] and math.isclose(full.probe.threshold, 0.8)
     quick = load_config(LowRankConfig, recipe("study_lowrank_quick"))
-    assert quick.probe.ranks == [1, 2] and quick.max_steps == 2
+    assert (quick.probe.ranks, quick.probe.groups, quick.max_steps) == ([1, 2], ["top_third"], 2)
+
+
+def test_layer_lists_in_the_report():
+    from dpokit.studies.lowrank_report import _ranges, _span
+
+    assert _ranges([8, 0, 1, 2, 5, 7]) == "0–2, 5, 7–8" and _ranges([]) == "" and _ranges([3]) == "3"
+    assert _span(list(range(30)), 30) == "all" and _span(list(range(20, 30)), 30) == "20–29" and _span([3], 4) == "3"
+    assert _span([0, 2], 4) == "0,2"

@@ -16,6 +16,17 @@ def _span(layers: list[int], all_layers: int | None = None) -> str:
     return f"{layers[0]}–{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else ",".join(map(str, layers))
 
 
+def _ranges(layers: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0–2, 5, 7–8'."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
+
+
 def _share(row: dict) -> str:
     if row["share"] is None:
         return "n/a"
@@ -74,8 +85,10 @@ def shift_md(shift: dict | None) -> str:
     ranks = [[g, fmt(v["median"], 1), v["max"], _pct(v["median_of_full"]), v["maps"]] for g, v in h["effective_rank"].items()]
     lines += ["Effective rank of ΔW (90% of the energy) over the changed maps inside the stack:", "",
               md_table(["maps", "median", "max", "median / full rank", "count"], ranks)]
+    shifted = shift["summary"]["shifted_layers"]
     lines.append(f"Residual stream: the largest relative shift is at layer {h['largest_shift_layer']}; one direction explains "
-                 f"> 50% of the shift at layers {h['top1_dominant_layers'] or 'none'}.")
+                 f"> 50% of the shift at {len(h['top1_dominant_layers'])} of the {len(shifted)} shifted layers "
+                 f"({_ranges(h['top1_dominant_layers']) or 'none'}).")
     if h["patching_by_third"] is not None:
         by = h["patching_by_third"]
         lines.append("Patching (policy's layer output into the reference, log-ratio of each prompt's best reference sample): "
