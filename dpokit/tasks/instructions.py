@@ -92,6 +92,15 @@ def _fmt(x) -> str:
 
 
 # -- the study ------------------------------------------------------------------------------------
+def train_samples(cfg, st_log, model, tokenizer, fp, train, rendered_of, cache_dir: Path):
+    """The reference's samples of the train prompts (the sample cache: sampled once)."""
+    p = cfg.pairs
+    settings = {"n": p.samples_per_prompt, "max_new_tokens": p.max_new_tokens, "temperature": p.temperature,
+                "batch_size": p.batch_size, "seed": p.seed}
+    return idata.cached_prompt_samples(cache_dir, "instructions-train", fp, model, tokenizer, train,
+                                       [rendered_of[x.id] for x in train], settings, st_log)
+
+
 def make_pairs(cfg, st_log, model, tokenizer, fp, train, rendered_of, run_dir: Path, cache_dir: Path,
                files: tuple[list[dict], dict] | None) -> tuple[list[dict], dict]:
     """pairs.jsonl: the rule-labelled pairs of the train prompts' reference samples, then the
@@ -100,11 +109,8 @@ def make_pairs(cfg, st_log, model, tokenizer, fp, train, rendered_of, run_dir: P
     records, rule_report, file_report = [], None, None
     if cfg.pairs.rules:
         p = cfg.pairs
-        settings = {"n": p.samples_per_prompt, "max_new_tokens": p.max_new_tokens, "temperature": p.temperature,
-                    "batch_size": p.batch_size, "seed": p.seed}
         st_log(f"sampling {p.samples_per_prompt} reference responses for each of {len(train)} train prompts")
-        samples = idata.cached_prompt_samples(cache_dir, "instructions-train", fp, model, tokenizer, train,
-                                              [rendered_of[x.id] for x in train], settings, st_log)
+        samples = train_samples(cfg, st_log, model, tokenizer, fp, train, rendered_of, cache_dir)
         rule_records, rule_report = idata.rule_pairs(train, samples, seed=p.seed, max_pairs_per_prompt=p.max_pairs_per_prompt,
                                                      revise=p.revise)
         records += rule_records
@@ -180,6 +186,7 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
     done = im.pairwise(st, "dpo", "dpo", cfg.beta, cfg.dpo.points, counts["total"])
     points += done["points"]
     train_info["dpo"] = done["train"]
+    offline_dpo = done["points"][-1]
     r = cfg.robust
     done = im.pairwise(st, r.loss, r.loss, r.beta, r.points, counts["total"], label_smoothing=r.label_smoothing)
     points += done["points"]
@@ -196,10 +203,18 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
     bon = im.best_of_n(st, ref_model, tokenizer) if cfg.bon.m else {"points": [], "reward_model_on_samples": None}
     if rm_report is not None:
         rm_report = {**rm_report, "on_best_of_n_samples": bon["reward_model_on_samples"]}
+    online = None
+    if cfg.online.rounds > 1:  # K online rounds at the offline DPO run's labels (instructions_online)
+        from dpokit.tasks.instructions_online import online_study
+
+        ref_train = train_samples(cfg, stage, ref_model, tokenizer, fp, train, rendered_of, cache_dir)
+        online = online_study(st, ref_model, tokenizer, train, rendered_of, ref_train, counts["total"], reference,
+                              offline_dpo)
 
     summary = summarize(cfg, reference, points, bon["points"], counts, results["judge"], rm_report, prompt_counts,
                         ifbench_counts, heldout, {"train": train_info, "online_runs_stopped": stopped,
-                                                  "reused_runs": st.runs.reused, "run_wall_s": st.runs.wall_s})
+                                                  "reused_runs": st.runs.reused, "run_wall_s": st.runs.wall_s,
+                                                  **({"online": online} if online else {})})
     summary["elapsed_s"] = stage.elapsed()
     write_outputs(run_dir, summary, reference, points, bon["points"], heldout, cfg, stage)
     return summary

@@ -103,6 +103,20 @@ class BestOfNSection:
     ns: list[int] = field(default_factory=lambda: [1, 2, 4])
 
 
+ONLINE_REFERENCES = ("fixed", "updated", "both")
+
+
+@dataclass
+class OnlineSection:
+    """Hybrid training (dpokit.tasks.instructions_online): K online DPO rounds on failure slices,
+    at the offline DPO run's total of labelled pairs."""
+
+    rounds: int = ranged(1, ge=1, note="1 = offline only; K ≥ 2 adds K online DPO rounds at the offline run's labels")
+    reference: str = "fixed"  # fixed (the starting reference every round) | updated (the previous round's policy) | both
+    prompts_per_draw: int = ranged(0, ge=0, note="fresh train prompts sampled per draw; 0 = train prompts / rounds")
+    seed: int = ranged(3, **SEED_RANGE)
+
+
 @dataclass
 class InstructionsConfig(TrainConfig):
     prompts: PromptsSection = field(default_factory=PromptsSection)
@@ -115,6 +129,7 @@ class InstructionsConfig(TrainConfig):
     rm: RewardModelSection = field(default_factory=RewardModelSection)
     rloo: RLOOSection = field(default_factory=RLOOSection)
     bon: BestOfNSection = field(default_factory=BestOfNSection)
+    online: OnlineSection = field(default_factory=OnlineSection)
     output_dir: str = "runs/instructions"
 
     def validate(self, given: set[str] | None = None) -> None:
@@ -139,3 +154,14 @@ class InstructionsConfig(TrainConfig):
             raise ConfigError(f"bon.ns must lie in [1, bon.m={self.bon.m}], got {self.bon.ns}")
         if self.rloo.rollout_prompts * self.rloo.k < 2:
             raise ConfigError("rloo: rollout_prompts × k must be ≥ 2")
+        self._validate_online()
+
+    def _validate_online(self) -> None:
+        o = self.online
+        if o.reference not in ONLINE_REFERENCES:
+            raise ConfigError(f"online.reference: {o.reference!r} is not one of {', '.join(ONLINE_REFERENCES)}")
+        if o.rounds > 1 and (not self.pairs.rules or self.pairs.files):
+            # the online rounds label their pairs by the checkers; file pairs would count as
+            # labels of the offline run that no online round can spend
+            raise ConfigError(f"online.rounds={o.rounds} compares with offline DPO at equal checker labels: it needs "
+                              "pairs.rules=true and no pairs.files")

@@ -141,6 +141,49 @@ def plot_families(summary: dict, out_png) -> Path:
     return _save(fig, out_png)
 
 
+def plot_pass_vs_labels(online: dict, out_png) -> Path:
+    """Held-out pass rate (95% CI) against the labelled pairs used: each online chain after
+    each round (from the reference at 0 labels), and the offline DPO run at all N labels."""
+    fig, (ax,) = _figure(1, width=7, height=4.5)
+    shift = 0.01 * max(online["labels_budget"], 1)  # chains side by side: round 1 and the reference are shared
+    for j, (name, curve) in enumerate(online["chains"].items()):
+        pts = [c for c in curve if c["pass_rate"]["rate"] is not None]
+        ax.errorbar([c["labels"] + (j - (len(online["chains"]) - 1) / 2) * shift for c in pts], [c["pass_rate"]["rate"] for c in pts], yerr=list(zip(*[_err(c["pass_rate"]) for c in pts])),
+                    marker="o", capsize=3, label=f"online, reference {name}")
+    off = online["offline"]
+    if off["pass_rate"]["rate"] is not None:
+        ax.errorbar([off["labels"]], [off["pass_rate"]["rate"]], yerr=[[e] for e in _err(off["pass_rate"])], marker="s",
+                    color="black", capsize=4, linestyle="none", label="offline DPO (one round)")
+    ax.set_xlabel("labelled pairs used")
+    ax.set_ylabel("held-out pass rate")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{online['rounds']} online rounds vs one offline round at {online['labels_budget']} labels")
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def _online_md(online: dict | None) -> list[str]:
+    if not online:
+        return []
+    off = online["offline"]
+    out = ["", "## Hybrid: online DPO rounds on failure slices", "",
+           (f"{online['rounds']} rounds of {online['round_budgets']} labelled pairs (what a round cannot spend carries to the "
+            f"next), against one offline DPO round on all {online['labels_budget']}: offline pass rate {_pct(off['pass_rate'])} "
+            f"at KL {off['kl']:.2f}. Each round samples the current policy on {online['prompts_per_draw']} fresh train prompts "
+            "per draw, keeps the prompts where it still fails (worst family first) and trains on pairs built there."), "",
+           "| reference | round | labels (round / total) | sampled + revised | prompts sampled / failing | pass rate | KL |",
+           "|---|---|---|---|---|---|---|"]
+    for name, curve in online["chains"].items():
+        for c in curve[1:]:
+            o = c["by_origin"]
+            out.append(f"| {name} | {c['round']} | {c['labels_used']} / {c['labels']} | {o.get('sampled', 0)} + {o.get('revised', 0)} | "
+                       f"{c['prompts_sampled']} / {c['prompts_failing']} | {_pct(c['pass_rate'])} | {c['kl']:.2f} |")
+    out.append("")
+    out += [(f"- reference {name}: {f['labels_used']} labels used ({f['unspent']} unspent), final pass rate {_pct(f['pass_rate'])}: "
+             f"{f['vs_offline']} against offline.") for name, f in online["final"].items()]
+    return out
+
+
 # -- report.md -------------------------------------------------------------------------------------
 def _pct(r) -> str:
     if r is None or r.get("rate") is None:
@@ -186,7 +229,7 @@ def report_md(summary: dict, examples: list[dict], plots: dict) -> str:
                   "|---|---|---|---|---|---|"]
         lines += [f"| {p['method']} | {p['n']} | {p['kl']:.2f} | {_pct(p['pass_rate'])} | {_pct(p['harmful_refusal'])} | "
                   f"{_pct(p['harmless_refusal'])} |" for p in summary["best_of_n"]]
-    lines += _ifbench_md(summary) + _judge_md(summary.get("judge_agreement")) + _pairs_md(c)
+    lines += _ifbench_md(summary) + _judge_md(summary.get("judge_agreement")) + _pairs_md(c) + _online_md(summary.get("online"))
     rm = summary.get("reward_model")
     if rm:
         on = rm.get("on_best_of_n_samples") or {}
@@ -242,6 +285,8 @@ def write_outputs(run_dir: Path, summary: dict, reference: dict, points: list[di
     plots = {"Pass and refusal rates": plot_rates(summary, run_dir / "rates.png"),
              "Pass rate vs KL": plot_pass_vs_kl(summary, run_dir / "pass_vs_kl.png"),
              "Per family": plot_families(summary, run_dir / "families.png")}
+    if summary.get("online"):
+        plots["Pass rate vs labels used"] = plot_pass_vs_labels(summary["online"], run_dir / "pass_vs_labels.png")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     samples = {"prompts": [p.to_dict() for p in heldout], "reference": reference["texts"], **{m: p["texts"] for m, p in final.items()}}
     (run_dir / "heldout_samples.json").write_text(json.dumps(samples))
