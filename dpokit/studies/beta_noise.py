@@ -17,8 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dpokit.config import SEED_RANGE, ConfigError, ranged
-from dpokit.studies.common import StudyConfig, ci_text, fmt, md_table, open_study
+from dpokit.config import SEED_RANGE, ranged
+from dpokit.studies.common import (
+    StudyConfig,
+    check_grid,
+    ci_text,
+    fmt,
+    md_table,
+    open_study,
+)
 
 TITLE = "β × label noise: does a small β overfit noisy preferences more?"
 
@@ -36,10 +43,7 @@ class BetaNoiseConfig(StudyConfig):
 
     def validate(self, given: set[str] | None = None) -> None:
         super().validate(given)
-        if not self.study.betas or any(not (b > 0) for b in self.study.betas):
-            raise ConfigError(f"study.betas must be a non-empty list of values > 0, got {self.study.betas}")
-        if not self.study.eps or any(not (0 <= e < 0.5) for e in self.study.eps):
-            raise ConfigError(f"study.eps must be a non-empty list of flip rates in [0, 0.5), got {self.study.eps}")
+        check_grid("study", betas=self.study.betas, eps=self.study.eps)
 
 
 def reward_drops(rows: list[dict]) -> dict[float, dict[float, float | None]]:

@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 
 from dpokit.config import SEED_RANGE, ConfigError, ranged
-from dpokit.studies.common import StudyConfig, fmt, md_table, open_study
+from dpokit.studies.common import StudyConfig, check_grid, fmt, md_table, open_study
 
 TITLE = "Overconfident margins: calibration of σ(β·h) against the held-out ground truth"
 
@@ -51,10 +51,7 @@ class CalibrationConfig(StudyConfig):
 
     def validate(self, given: set[str] | None = None) -> None:
         super().validate(given)
-        if not self.study.betas or any(not (b > 0) for b in self.study.betas):
-            raise ConfigError(f"study.betas must be a non-empty list of values > 0, got {self.study.betas}")
-        if not self.study.eps or any(not (0 <= e < 0.5) for e in self.study.eps):
-            raise ConfigError(f"study.eps must be a non-empty list of flip rates in [0, 0.5), got {self.study.eps}")
+        check_grid("study", betas=self.study.betas, eps=self.study.eps)
         if self.calibration.samples_per_prompt < 2:
             raise ConfigError("calibration.samples_per_prompt must be ≥ 2: the study measures the calibration pairs")
 

@@ -103,6 +103,15 @@ class StudyConfig(SentimentConfig):
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
+def check_grid(section: str, *, betas: list[float] | None = None, eps: list[float] | None = None) -> None:
+    """The studies' shared grid checks: β values > 0, label-flip rates in [0, 0.5) (at 0.5 the labels
+    carry no signal), each list non-empty; a bad value is one ConfigError naming the setting."""
+    if betas is not None and (not betas or any(not (b > 0) for b in betas)):
+        raise ConfigError(f"{section}.betas must be a non-empty list of values > 0, got {betas}")
+    if eps is not None and (not eps or any(not (0 <= e < 0.5) for e in eps)):
+        raise ConfigError(f"{section}.eps must be a non-empty list of flip rates in [0, 0.5), got {eps}")
+
+
 def records_digest(records: list[dict]) -> str:
     return hashlib.sha256("".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()).hexdigest()[:12]
 

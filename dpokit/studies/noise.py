@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from dpokit.config import SEED_RANGE, ConfigError, ranged
 from dpokit.studies.common import (
     StudyConfig,
+    check_grid,
     ci_errors,
     ci_text,
     fmt,
@@ -66,8 +67,7 @@ class NoiseConfig(StudyConfig):
 
 
 def check_noise_stage(n: NoiseStage, section: str) -> None:
-    if not n.eps or any(not (0 <= e < 0.5) for e in n.eps):
-        raise ConfigError(f"{section}.eps must be a non-empty list of flip rates in [0, 0.5), got {n.eps}")
+    check_grid(section, eps=n.eps)
     bad = [m for m in n.methods if m not in METHODS]
     if bad or not n.methods:
         raise ConfigError(f"{section}.methods: {bad or 'empty'}; valid: {', '.join(METHODS)}")
