@@ -12,6 +12,13 @@
                                 config keys that shape the trajectory (a resume checks them)
         config.yaml             the resolved run config, for people (a resume does not read it)
 
+Under FSDP (`save_sharded_checkpoint`) `model/` holds only the tokenizer and model config; the
+weights and the optimizer's tensors are shards, one safetensors file per rank, in
+`model-shards/` and `optimizer-shards/` (torch.distributed.checkpoint's safetensors storage:
+each shard's offsets are JSON in its file's header, so any number of ranks can read them back);
+optimizer.json holds the optimizer settings by parameter name; state.json says
+`"layout": "sharded"`.
+
 Nothing is pickled, and nothing pickled is read: unpickling runs arbitrary code, so a checkpoint
 holding a pickle-format file (.pt, .bin, .pkl, ...) is refused, not loaded. Every file is checked
 for what it must hold (keys, types, shapes) before anything is restored; a defect is a
@@ -43,6 +50,7 @@ PREFIX = "checkpoint-"
 FORMAT = 2  # 1 was torch.save pickles; refused
 OPTIMIZER_TENSORS, OPTIMIZER_JSON = "optimizer.safetensors", "optimizer.json"
 SCHEDULER_JSON, RNG_TENSORS, RNG_JSON, STATE_JSON = "scheduler.json", "rng.safetensors", "rng.json", "state.json"
+SHARDED, SHARDED_MODEL, SHARDED_OPTIMIZER = "sharded", "model-shards", "optimizer-shards"  # FSDP's layout
 PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"}
 # What state.json must hold, by example value (types are checked against these).
 STATE_SCHEMA = {"format": 0, "step": 0, "skipped_steps": 0, "train_pairs": 0, "total_steps": 0, "data_fingerprint": "", "config": {}}
@@ -87,21 +95,19 @@ def _fsync_tree(root: Path) -> None:
         _fsync(Path(dirpath))
 
 
-def atomic_directory(final: Path, write) -> Path:
-    """Call `write(tmp_dir)`, flush it to disk, then move tmp_dir to `final` (replacing an older
-    one: renamed to `.NAME.old-PID` first, removed after; see rundir.clean_temp_dirs)."""
-    final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+def _fresh_temp(final: Path, pid: int) -> Path:
+    tmp = final.parent / f".{final.name}.tmp-{pid}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    return tmp
+
+
+def _commit(tmp: Path, final: Path, pid: int) -> Path:
+    """Flush `tmp` to disk, then move it to `final` (an older one renamed to `.NAME.old-PID`
+    first, removed after)."""
+    _fsync_tree(tmp)
+    old = final.parent / f".{final.name}.old-{pid}"
     if final.exists():
         final.rename(old)
     tmp.rename(final)
@@ -109,6 +115,19 @@ def atomic_directory(final: Path, write) -> Path:
     if old.exists():
         shutil.rmtree(old)
     return final
+
+
+def atomic_directory(final: Path, write) -> Path:
+    """Call `write(tmp_dir)`, flush it to disk, then move tmp_dir to `final` (replacing an older
+    one: renamed to `.NAME.old-PID` first, removed after; see rundir.clean_temp_dirs)."""
+    final, pid = Path(final), os.getpid()
+    tmp = _fresh_temp(final, pid)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _commit(tmp, final, pid)
 
 
 def save_final_model(model, tokenizer, out_dir: Path, cfg=None, extra_files: dict | None = None) -> Path:
@@ -168,14 +187,74 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, sc
     def write(tmp: Path) -> None:
         save_model(model, tokenizer, tmp / "model")
         write_optimizer(optimizer, tmp)
-        _write_json(tmp / SCHEDULER_JSON, scheduler.state_dict())
-        tensors, meta = _rng_files()
-        save_file(tensors, str(tmp / RNG_TENSORS))
-        _write_json(tmp / RNG_JSON, meta)
-        save_config(cfg, tmp / "config.yaml")
-        _write_json(tmp / STATE_JSON, {**state, "format": FORMAT, "step": step})
+        _write_run_state(tmp, scheduler=scheduler, state=state, cfg=cfg, step=step)
 
     return atomic_directory(Path(run_dir) / f"{PREFIX}{step:06d}", write)
+
+
+def _write_run_state(tmp: Path, *, scheduler, state: dict, cfg, step: int) -> None:
+    _write_json(tmp / SCHEDULER_JSON, scheduler.state_dict())
+    tensors, meta = _rng_files()
+    save_file(tensors, str(tmp / RNG_TENSORS))
+    _write_json(tmp / RNG_JSON, meta)
+    save_config(cfg, tmp / "config.yaml")
+    _write_json(tmp / STATE_JSON, {**state, "format": FORMAT, "step": step})
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, *, model, tokenizer, optimizer, scheduler, state: dict, cfg, place) -> Path:
+    """FSDP: checkpoint-<step> with the weights and optimizer tensors as shards, one safetensors
+    file per rank in SHARDED_MODEL / SHARDED_OPTIMIZER (torch.distributed.checkpoint, offsets in
+    each file's JSON header); rank 0 writes the JSON files (optimizer.json: the settings by
+    parameter name), the tokenizer and model config (model/, for people). Every rank calls it:
+    the shards are gathered by no one. Readable on any number of processes (`restore_sharded`)."""
+    from dpokit import accel
+
+    final = Path(run_dir) / f"{PREFIX}{step:06d}"
+    pid = accel.broadcast_int(os.getpid(), place)  # rank 0's pid names the one temp dir
+    tmp = _fresh_temp(final, pid) if place.is_main else final.parent / f".{final.name}.tmp-{pid}"
+    accel.barrier(place)
+    weights = accel.model_state(model)
+    for name, value in weights.items():
+        if not torch.isfinite(value.to_local() if hasattr(value, "to_local") else value).all():
+            raise FloatingPointError(f"parameter {name} holds NaN/inf; not saving a checkpoint")
+    opt_tensors, opt_rest = accel.optimizer_state(model, optimizer)
+    accel.save_shards(weights, tmp / SHARDED_MODEL)
+    accel.save_shards(opt_tensors, tmp / SHARDED_OPTIMIZER)
+    if place.is_main:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "model")
+        model.config.save_pretrained(tmp / "model")
+        _write_json(tmp / OPTIMIZER_JSON, {"by_name": opt_rest})
+        _write_run_state(tmp, scheduler=scheduler, state={**state, "layout": SHARDED, "processes": place.world_size}, cfg=cfg, step=step)
+    accel.barrier(place)
+    if place.is_main:
+        _commit(tmp, final, pid)
+    accel.barrier(place)
+    return final
+
+
+def save_full_model_sharded(model, tokenizer, out_dir: Path, cfg, extra_files: dict, place) -> Path:
+    """FSDP: the final model as `save_final_model` writes it, from the whole weights gathered on
+    rank 0 (a collective: every rank calls it, rank 0 writes)."""
+    from dpokit import accel
+
+    weights = accel.model_state(model, full=True)
+    if not place.is_main:
+        return Path(out_dir)
+    for name, value in weights.items():
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(f"parameter {name} holds NaN/inf; not saving a checkpoint")
+
+    def write(tmp: Path) -> None:
+        # Both transformers and peft take the state dict; peft keeps only the adapter from it.
+        model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_config(cfg, tmp / "dpokit_config.yaml")
+        for name, content in extra_files.items():
+            (tmp / name).write_text(content)
+
+    return atomic_directory(out_dir, write)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -328,9 +407,10 @@ def read_weights(model_dir: Path) -> dict:
     return state
 
 
-def read_checkpoint(path: Path, optimizer, scheduler) -> Checkpoint:
+def read_checkpoint(path: Path, optimizer, scheduler, *, sharded: bool = False) -> Checkpoint:
     """Read and check every file of checkpoint `path` against the run's optimizer and scheduler
-    (refusing pickles); changes nothing."""
+    (refusing pickles); changes nothing. `sharded`: the run is FSDP and reads the sharded layout
+    (its weights and optimizer tensors are loaded later, by `restore_sharded`)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
@@ -341,8 +421,21 @@ def read_checkpoint(path: Path, optimizer, scheduler) -> Checkpoint:
         raise CheckpointError(f"{path / STATE_JSON}: checkpoint format {state['format']}; this dpokit reads format {FORMAT} only (safetensors + JSON)")
     if state["step"] < 0 or state["skipped_steps"] < 0:
         raise CheckpointError(f"{path / STATE_JSON}: step and skipped_steps must be >= 0")
+    if (state.get("layout") == SHARDED) != sharded:
+        raise CheckpointError(
+            f"{path}: written by " + ("an FSDP run (sharded); resume it with the FSDP launch config, on any number of processes"
+                                      if not sharded else "a DDP or one-process run (full state); resume it without the FSDP launch config")
+        )
     sched = read_json(path / SCHEDULER_JSON)
     _check_like(sched, scheduler.state_dict(), path / SCHEDULER_JSON)
+    if sharded:
+        for folder in (SHARDED_MODEL, SHARDED_OPTIMIZER):
+            if not list((path / folder).glob("*.safetensors")):
+                raise CheckpointError(f"{path / folder}: no safetensors shards")
+        rest = read_json(path / OPTIMIZER_JSON).get("by_name")
+        if not isinstance(rest, dict):
+            raise CheckpointError(f"{path / OPTIMIZER_JSON}: missing key 'by_name'")
+        return Checkpoint(path, state, {}, rest, sched, _rng_state(path))
     return Checkpoint(path, state, read_weights(path / "model"), read_optimizer(path, optimizer), sched, _rng_state(path))
 
 
@@ -367,16 +460,42 @@ def load_trainable_state(model, weights: dict, where: Path) -> None:
         raise CheckpointError(f"{where}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def restore_checkpoint(ck: Checkpoint, *, model, optimizer, scheduler) -> None:
-    """Put a read checkpoint's weights, optimizer, scheduler and RNG states in place."""
-    load_trainable_state(model, ck.weights, ck.path / "model")
-    for name, target, state in ((OPTIMIZER_JSON, optimizer, ck.optimizer), (SCHEDULER_JSON, scheduler, ck.scheduler)):
-        try:
-            target.load_state_dict(state)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{ck.path / name}: does not fit the {type(target).__name__} ({e})") from None
+def restore_sharded(ck: Checkpoint, *, model, optimizer, scheduler) -> None:
+    """FSDP: `restore_checkpoint` for the sharded layout; every rank reads the slices of the
+    shards it holds (any number of ranks may have written them). Collective."""
+    from dpokit import accel
+
+    current = accel.optimizer_state(model, optimizer)[1]
+    rest = {}
+    for key, value in current.items():  # JSON made tuples (betas) lists
+        saved = ck.optimizer.get(key)
+        if key not in ck.optimizer or not _same_kind(saved, value):
+            raise CheckpointError(f"{ck.path / OPTIMIZER_JSON}: {key!r} missing or not like this run's optimizer setting")
+        rest[key] = tuple(saved) if isinstance(value, tuple) else saved
+    try:
+        accel.load_sharded_state(model, optimizer, ck.path / SHARDED_MODEL, ck.path / SHARDED_OPTIMIZER, rest)
+    except Exception as e:  # torch.distributed.checkpoint raises its own CheckpointException
+        raise CheckpointError(f"{ck.path}: shards do not fit this model ({str(e).strip().splitlines()[-1][:300]})") from None
+    _restore_scheduler_and_rng(ck, scheduler)
+
+
+def _restore_scheduler_and_rng(ck: Checkpoint, scheduler) -> None:
+    try:
+        scheduler.load_state_dict(ck.scheduler)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ck.path / SCHEDULER_JSON}: does not fit the {type(scheduler).__name__} ({e})") from None
     torch.set_rng_state(ck.rng["torch"])
     random.setstate(ck.rng["python"])
     np.random.set_state(ck.rng["numpy"])
     if ck.rng["cuda"] and torch.cuda.is_available() and len(ck.rng["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(ck.rng["cuda"])
+
+
+def restore_checkpoint(ck: Checkpoint, *, model, optimizer, scheduler) -> None:
+    """Put a read checkpoint's weights, optimizer, scheduler and RNG states in place."""
+    load_trainable_state(model, ck.weights, ck.path / "model")
+    try:
+        optimizer.load_state_dict(ck.optimizer)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ck.path / OPTIMIZER_JSON}: does not fit the {type(optimizer).__name__} ({e})") from None
+    _restore_scheduler_and_rng(ck, scheduler)

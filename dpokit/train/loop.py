@@ -95,13 +95,36 @@ def check_data_parallel(cfg: TrainConfig, place: accel.Placement) -> None:
     """What a data-parallel run cannot do (yet), as one-line config errors."""
     if not place.distributed:
         return
-    if place.kind not in ("MULTI_CPU", "MULTI_GPU"):
-        raise ConfigError(
-            f"accelerate's {place.kind} engine: dpokit's checkpoints need the full state dict on one rank, "
-            "which only the DDP path (multi_gpu / CPU processes) gives today; launch with a DDP config"
-        )
+    if place.kind == "DEEPSPEED":
+        import importlib.util
+
+        why = "the deepspeed package is not installed" if importlib.util.find_spec("deepspeed") is None else "dpokit does not drive it"
+        raise ConfigError(f"accelerate's DEEPSPEED engine: {why}; launch with the fsdp config (weights, gradients and "
+                          "optimizer state sharded, as ZeRO-3) or a DDP config")
+    if place.kind not in ("MULTI_CPU", "MULTI_GPU", "FSDP"):
+        raise ConfigError(f"accelerate's {place.kind} engine: not supported by dpokit's trainer; launch with a DDP or the fsdp config")
     if cfg.optimizer_in_backward:
         raise ConfigError("optimizer_in_backward updates parameters before the gradients are reduced: not with several processes")
+    if place.fsdp:
+        _check_fsdp(cfg, accel.fsdp_settings())
+
+
+def _check_fsdp(cfg: TrainConfig, plugin) -> None:
+    """The FSDP launch settings dpokit honours; the others are refused, not ignored."""
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    if plugin.fsdp_version != 2:
+        raise ConfigError(f"fsdp_version {plugin.fsdp_version} in the launch config: dpokit runs FSDP2 only; set fsdp_version: 2")
+    if isinstance(plugin.cpu_offload, CPUOffloadPolicy):
+        raise ConfigError("fsdp_offload_params: true in the launch config: not supported by dpokit yet; set it to false")
+    if plugin.activation_checkpointing:
+        raise ConfigError("fsdp_activation_checkpointing in the launch config: use gradient_checkpointing=true in dpokit's config instead")
+    if plugin.state_dict_type.name != "SHARDED_STATE_DICT":
+        raise ConfigError(f"fsdp_state_dict_type {plugin.state_dict_type.name}: dpokit writes sharded checkpoints and a full "
+                          "final model; set fsdp_state_dict_type: SHARDED_STATE_DICT")
+    if cfg.reference == "adapter":
+        raise ConfigError("reference=adapter under FSDP: its forward passes bypass the sharded engine; use reference=cached "
+                          "(the cache is computed from the same starting weights)")
 
 
 def _silent(*args, **kwargs) -> None:
@@ -167,11 +190,16 @@ class Trainer:
         if cfg.gradient_checkpointing:
             # Non-reentrant: works with frozen inputs and with the per-parameter hooks below.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # The engine's wrapper (DDP ...) around the policy, or the policy itself in one process.
+        # The engine's wrapper (DDP, FSDP) around the policy, or the policy itself in one process.
         self.accelerator, self.engine = None, model
-        if self.place.distributed:
+        if self.place.fsdp:
+            self.engine = accel.shard_model(accel.FunctionRunner(model))
+        elif self.place.distributed:
             self.accelerator = accel.make_accelerator()
             self.engine = self.accelerator.prepare_model(accel.FunctionRunner(model))
+        # Passes without gradients: the bare policy, except under FSDP, where only the engine
+        # holds whole weights (it gathers them layer by layer in every pass).
+        self.passive = self.engine if self.place.fsdp else model
         # A step takes batch_size × grad_accum pairs on each rank: the global batch.
         self.order = StepOrder(len(self.data.train), pairs_per_step(cfg, self.place), cfg.seed)
         self.total_steps = total_steps(cfg, self.order)
@@ -203,7 +231,7 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.place.world_size > 1:
+        if self.place.world_size > 1 or self.place.fsdp:
             sums, finite = self._data_parallel_backward(items)
         else:
             sums, finite = self._backward_all(items)
@@ -244,26 +272,39 @@ class Trainer:
         world_size / pairs-in-the-step: the average is then the sum over the step's pairs divided
         by their number, as in one process. Every rank runs the same collectives whatever its
         data: a non-finite loss still goes backward (masked; the step is then skipped on all
-        ranks), and a rank with no pair left in a short last step sends zero gradients."""
+        ranks), and a rank with fewer passes than another runs filler ones (`_equal_passes`)."""
         mine, scale = accel.shard(items, self.place), self.place.world_size / len(items)
-        micro_batches = self._microbatches(mine) if mine else [[]]
-        self._z0 = self._kto_reference_point(micro_batches, self.ref_train)
+        micro_batches = self._microbatches(mine) if mine else []
+        self._z0 = self._kto_reference_point(micro_batches, self.ref_train, filler=items[:1])
         sums, finite = MetricSums(), True
-        for k, micro in enumerate(micro_batches):
-            last = k == len(micro_batches) - 1
-            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.engine):
+        passes = self._equal_passes(micro_batches, items[:1])
+        for k, (micro, real) in enumerate(passes):
+            last = k == len(passes) - 1
+            with contextlib.nullcontext() if last else accel.no_sync(self.accelerator, self.engine, self.place):
                 if not micro:
                     self._backward(accel.call(self.engine, _zero_loss))
                     continue
                 losses, micro_sums = self._loss(micro, self.ref_train, self.data.train_votes, self.data.train_labels)
                 ok = torch.isfinite(losses)
-                finite = finite and bool(ok.all())
-                self._backward(torch.where(ok, losses, torch.zeros_like(losses)).sum() * scale)
-                sums.merge(micro_sums)
+                finite = finite and (bool(ok.all()) or not real)
+                self._backward(torch.where(ok, losses, torch.zeros_like(losses)).sum() * (scale if real else 0.0))
+                if real:
+                    sums.merge(micro_sums)
         return sums.summed_across(self.place), accel.all_true(finite, self.place)
 
+    def _equal_passes(self, batches: list[list], filler: list) -> list[tuple[list, bool]]:
+        """(micro-batch, counts) for each engine pass of this rank. DDP: its micro-batches, or
+        one empty pass (zero gradients, for the all-reduce) when it has none. FSDP: every pass
+        gathers the weights layer by layer, a collective, so every rank runs as many passes as
+        the rank with the most; its extra passes compute `filler` (a pair of the same step or
+        split) with weight 0 and count for nothing."""
+        if not self.place.fsdp:
+            return [(b, True) for b in batches] or [([], False)]
+        n = accel.max_across(len(batches), self.place)
+        return [(b, True) for b in batches] + [(filler, False)] * (n - len(batches))
+
     @torch.no_grad()
-    def _kto_reference_point(self, micro_batches: list[list], reference, always: bool = False):
+    def _kto_reference_point(self, micro_batches: list[list], reference, filler=(), always: bool = False):
         """objective=kto: z0 of the step (dpokit.losses_unpaired), over the mismatched pairs of
         every micro-batch on every rank, summed before dividing: a pass without gradients
         first. None where one micro-batch in one process is the whole step (unless `always`):
@@ -273,10 +314,10 @@ class Trainer:
         from dpokit.losses_unpaired import kto_reference_point
 
         total = torch.zeros(2, dtype=torch.float64)
-        for micro in micro_batches:
+        for micro, real in self._equal_passes(micro_batches, list(filler)):
             if micro:
-                mismatched = kto_logratios(self.model, reference, micro, self.pad_id, self.cfg)[1]
-                total += torch.tensor([float(mismatched.sum()), len(micro)], dtype=torch.float64)
+                mismatched = kto_logratios(self.passive, reference, micro, self.pad_id, self.cfg)[1]
+                total += torch.tensor([float(mismatched.sum()), len(micro)], dtype=torch.float64) * real
         total = accel.sum_across(total, self.place)
         return kto_reference_point(float(total[0]), int(total[1]))
 
@@ -323,9 +364,9 @@ class Trainer:
         # clip_grad_norm_ returns the pre-clipping norm: no second pass over the gradients.
         if self.cfg.max_grad_norm > 0:
             clip = self.accelerator.clip_grad_norm_ if self.accelerator else torch.nn.utils.clip_grad_norm_
-            norm = float(clip(params, self.cfg.max_grad_norm))
+            norm = accel.to_float(clip(params, self.cfg.max_grad_norm))  # FSDP: a DTensor
         else:
-            norm = grad_norm(params)
+            norm = accel.total_grad_norm(params) if self.place.fsdp else grad_norm(params)
         if not math.isfinite(norm):
             return norm, False
         self.optimizer.step()
@@ -338,14 +379,16 @@ class Trainer:
             return None
         was_training = self.model.training
         self.model.eval()
-        sums, mine = MetricSums(), accel.shard(self.data.eval, self.place)
+        sums, mine, filler = MetricSums(), accel.shard(self.data.eval, self.place), self.data.eval[:1]
         # KTO: one reference point for the whole evaluation set, however it is batched.
-        batches = [mine[s : s + self.cfg.batch_size] for s in range(0, len(mine), self.cfg.batch_size)] or [[]]
-        self._z0 = self._kto_reference_point(batches, self.ref_eval, always=True)
-        for start in range(0, len(mine), self.cfg.batch_size):
-            for micro in self._microbatches(mine[start : start + self.cfg.batch_size]):
-                _, micro_sums = self._loss(micro, self.ref_eval, self.data.eval_votes, self.data.eval_labels, model=self.model)
-                sums.merge(micro_sums)
+        batches = [mine[s : s + self.cfg.batch_size] for s in range(0, len(mine), self.cfg.batch_size)]
+        self._z0 = self._kto_reference_point(batches, self.ref_eval, filler=filler, always=True)
+        micro_batches = [micro for batch in batches for micro in self._microbatches(batch)]
+        for micro, real in self._equal_passes(micro_batches, filler):
+            if micro:
+                _, micro_sums = self._loss(micro, self.ref_eval, self.data.eval_votes, self.data.eval_labels, model=self.passive)
+                if real:
+                    sums.merge(micro_sums)
         self.model.train(was_training)
         return {"step": step, "split": "eval", **sums.summed_across(self.place).means()}
 
@@ -357,7 +400,7 @@ class Trainer:
 
     def resume_from(self, path: Path, force: bool = False) -> int:
         """Restore checkpoint `path` (refused if made on other data/config, unless `force`)."""
-        found = ckpt.read_checkpoint(path, self.optimizer, self.scheduler)
+        found = ckpt.read_checkpoint(path, self.optimizer, self.scheduler, sharded=self.place.fsdp)
         changes = rundir.resume_mismatches(found.state, self.identity())
         if changes and not force:
             raise ckpt.CheckpointError(
@@ -366,19 +409,22 @@ class Trainer:
             )
         if changes:
             self.log(f"warning: --force: resuming {path} despite {'; '.join(changes)}")
-        ckpt.restore_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        restore = ckpt.restore_sharded if self.place.fsdp else ckpt.restore_checkpoint
+        restore(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         self.skipped_steps, self.consecutive_skips = found.state["skipped_steps"], 0
         self.log(f"resumed from {path} at step {found.state['step']}")
         return found.state["step"]
 
     def save(self, step: int) -> None:
-        """Rank 0 writes (under DDP every rank holds the same weights and optimizer state)."""
+        """Rank 0 writes (under DDP every rank holds the same weights and optimizer state);
+        under FSDP every rank writes its shards."""
+        state = {"skipped_steps": self.skipped_steps, "total_steps": self.total_steps, **self.identity()}
+        parts = dict(model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler, state=state, cfg=self.cfg)
+        if self.place.fsdp:
+            ckpt.save_sharded_checkpoint(self.run_dir, step, place=self.place, **parts)
+        elif self.place.is_main:
+            ckpt.save_checkpoint(self.run_dir, step, **parts)
         if self.place.is_main:
-            state = {"skipped_steps": self.skipped_steps, "total_steps": self.total_steps, **self.identity()}
-            ckpt.save_checkpoint(
-                self.run_dir, step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-                scheduler=self.scheduler, state=state, cfg=self.cfg,
-            )
             ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
         accel.barrier(self.place)
 
@@ -459,12 +505,16 @@ class Trainer:
 
     def _finish(self, last_train: dict, last_eval: dict | None, elapsed: float) -> TrainResult:
         summary = self._summary(last_train, last_eval, elapsed)
-        final = self.run_dir / "final"
+        final, extra = self.run_dir / "final", {}
         if self.place.is_main:
             if self.skipped_steps:
                 self.log(f"warning: {self.skipped_steps} step(s) skipped for non-finite loss/gradient")
-            text = self._write_summary(summary)
-            final = ckpt.save_final_model(self.model, self.tokenizer, final, self.cfg, {"train_summary.json": text})
+            extra["train_summary.json"] = self._write_summary(summary)
+        if self.place.fsdp:  # the whole weights gathered on rank 0, which writes them
+            final = ckpt.save_full_model_sharded(self.model, self.tokenizer, final, self.cfg, extra, self.place)
+        elif self.place.is_main:
+            final = ckpt.save_final_model(self.model, self.tokenizer, final, self.cfg, extra)
+        if self.place.is_main:
             self.log(f"saved {final}")
         accel.barrier(self.place)
         return TrainResult(self.model, self.tokenizer, self.run_dir, final, summary)
