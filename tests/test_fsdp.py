@@ -128,7 +128,7 @@ def test_lora_and_kto_under_fsdp_match_one_process(tiny_lm, tmp_path, command, o
 def _fsdp_env(monkeypatch, **settings):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     for name, value in {"FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "false", "FSDP_ACTIVATION_CHECKPOINTING": "false",
-                        "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT", **settings}.items():
+                        "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT", "FSDP_CPU_RAM_EFFICIENT_LOADING": "false", **settings}.items():
         monkeypatch.setenv(name, value)
 
 
@@ -155,7 +155,8 @@ def test_fsdp_settings_dpokit_does_not_honour_are_refused(monkeypatch):
     for setting, value, message in [("FSDP_VERSION", "1", "fsdp_version 1 .*set fsdp_version: 2"),
                                     ("FSDP_OFFLOAD_PARAMS", "true", "fsdp_offload_params"),
                                     ("FSDP_ACTIVATION_CHECKPOINTING", "true", "gradient_checkpointing=true"),
-                                    ("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT", "SHARDED_STATE_DICT")]:
+                                    ("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT", "SHARDED_STATE_DICT"),
+                                    ("FSDP_CPU_RAM_EFFICIENT_LOADING", "true", "fsdp_cpu_ram_efficient_loading")]:
         _fsdp_env(monkeypatch, **{setting: value})
         with pytest.raises(ConfigError, match=message):
             check_data_parallel(TrainConfig(), fsdp)

@@ -117,6 +117,9 @@ def _check_fsdp(cfg: TrainConfig, plugin) -> None:
         raise ConfigError(f"fsdp_version {plugin.fsdp_version} in the launch config: dpokit runs FSDP2 only; set fsdp_version: 2")
     if isinstance(plugin.cpu_offload, CPUOffloadPolicy):
         raise ConfigError("fsdp_offload_params: true in the launch config: not supported by dpokit yet; set it to false")
+    if plugin.cpu_ram_efficient_loading:
+        raise ConfigError("fsdp_cpu_ram_efficient_loading: true in the launch config: dpokit loads the whole model on "
+                          "every rank before sharding it; set it to false")
     if plugin.activation_checkpointing:
         raise ConfigError("fsdp_activation_checkpointing in the launch config: use gradient_checkpointing=true in dpokit's config instead")
     if plugin.state_dict_type.name != "SHARDED_STATE_DICT":
