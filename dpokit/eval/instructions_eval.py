@@ -117,12 +117,12 @@ def win_rate(prompts: list[InstructionPrompt], a: list[list[str]], b: list[list[
 
 def ifbench_eval(items, texts: list[list[str]]) -> dict:
     """Instruction-level pass on IFBench (`instructions_data.IFBenchItem`): an instruction passes
-    when all the constraints standing for it pass; prompt-level pass only for prompts whose every
+    when its check (`dpokit.instructions.ifbench_checks`) passes; prompt-level pass only for prompts whose every
     instruction is judged (the others are counted as not judged)."""
     per_instruction, prompt_level, by_type = [], [], {}
     for item, row in zip(items, texts):
         for t in row:
-            verdicts = [all(check(c, t) for c in cs) for _, cs in item.judged]
+            verdicts = [chk.passes(t) for _, chk in item.judged]
             per_instruction += verdicts
             for (iid, _), ok in zip(item.judged, verdicts):
                 by_type.setdefault(iid, []).append(ok)

@@ -148,7 +148,7 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
     prompts, prompt_counts = idata.study_prompts(cfg)
     train = [p for p in prompts if p.split == "train"]
     heldout = [p for p in prompts if p.split != "train"]
-    ifbench, ifbench_counts = idata.load_ifbench() if cfg.eval.ifbench else ([], None)
+    ifbench, ifbench_counts = idata.load_ifbench(cfg.eval.ifbench_prompts) if cfg.eval.ifbench else ([], None)
 
     files = idata.file_pairs(cfg.pairs.files) if cfg.pairs.files else None  # a bad file fails before minutes of loading
     stage(f"loading {cfg.model}")

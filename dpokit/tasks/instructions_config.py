@@ -48,6 +48,7 @@ class EvalSection:
     seed: int = ranged(2, **SEED_RANGE)
     ifbench: bool = True  # IFBench prompts with an instruction our checkers judge, as an out-of-distribution set
     ifbench_max_new_tokens: int = ranged(128, ge=1, note="IFBench asks for long answers (up to hundreds of words)")
+    ifbench_prompts: int = ranged(24, ge=0, note="IFBench prompts sampled (first by a hash of the key); 0 = every judged one")
     examples: int = ranged(6, ge=0)  # side-by-side examples in the report
 
 

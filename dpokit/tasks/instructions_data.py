@@ -11,6 +11,7 @@ chat prompts the same way).
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from collections import Counter
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from dpokit.eval.policy_eval import SampleSet
 from dpokit.generate import sample_completions
-from dpokit.instructions.constraints import Constraint, make_constraint
+from dpokit.instructions.ifbench_checks import IFBenchCheck, make_check, skip_reason
 from dpokit.instructions.pairs import (
     build_all_pairs,
     is_acceptable,
@@ -57,53 +58,63 @@ def render(tokenizer, text: str) -> str:
 
 
 # -- IFBench, out of distribution -----------------------------------------------------------------
-# IFBench instruction types our checkers judge, as the constraints that together are the same
-# test. count:word_count_range is "min ≤ words ≤ max" (inclusive, IFBench's own checker), i.e.
-# min_words(min) and max_words(max + 1) (ours is "fewer than N"). Words are counted by OUR rule
-# (runs of letters/digits, inner apostrophes joining), which may differ from IFBench's tokenizer
-# by a word on text with apostrophes. Every other type is skipped and counted.
-IFBENCH_JUDGED = {
-    "count:word_count_range": lambda kw: [make_constraint("min_words", {"n": int(kw["min_words"])}, 0),
-                                          make_constraint("max_words", {"n": int(kw["max_words"]) + 1}, 0)],
-}
-IFBENCH_SKIP_REASON = "no checker of ours judges this instruction type"
+# Which IFBench instruction ids our checkers judge, and why the others are skipped, is decided in
+# dpokit.instructions.ifbench_checks (one pure checker per judged id). A prompt is used when at
+# least one of its instructions is judged; prompt-level pass needs all of them judged.
+IFBENCH_SKIP_REASON = "no deterministic checker of ours (reason per type in skip_reasons)"
 
 
 @dataclass(frozen=True)
 class IFBenchItem:
-    """One IFBench prompt with at least one judged instruction: `judged` = (instruction id,
-    constraints that together test it); `unjudged` = the ids of its other instructions."""
+    """One IFBench prompt with at least one judged instruction: `judged` = (instruction id, its
+    check); `unjudged` = the ids of its other instructions."""
 
     key: str
     text: str
-    judged: tuple[tuple[str, tuple[Constraint, ...]], ...]
+    judged: tuple[tuple[str, IFBenchCheck], ...]
     unjudged: tuple[str, ...]
 
 
-def ifbench_items(records: list[dict]) -> tuple[list[IFBenchItem], dict]:
-    """(prompts with a judged instruction, counts of what was skipped and why)."""
+def _stable_order(key: str) -> str:
+    # A hash of the key, not the file order, so a cap takes a mix of instruction types.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def ifbench_items(records: list[dict], max_prompts: int = 0) -> tuple[list[IFBenchItem], dict]:
+    """(prompts with a judged instruction, counts of what was skipped and why). `max_prompts` > 0
+    keeps that many of them, the first by a hash of the key (the rest counted as not sampled)."""
     items, skipped = [], Counter()
     for rec in records:
         judged, unjudged = [], []
         for iid, kwargs in zip(rec["instruction_id_list"], rec["kwargs"]):
-            if iid in IFBENCH_JUDGED:
-                judged.append((iid, tuple(IFBENCH_JUDGED[iid](kwargs))))
+            check = make_check(iid, kwargs)
+            if check is not None:
+                judged.append((iid, check))
             else:
                 unjudged.append(iid)
                 skipped[iid] += 1
         if judged:
             items.append(IFBenchItem(str(rec["key"]), rec["prompt"], tuple(judged), tuple(unjudged)))
-    report = {"prompts_total": len(records), "prompts_used": len(items), "prompts_skipped": len(records) - len(items),
-              "instructions_judged": sum(len(i.judged) for i in items), "instructions_skipped": sum(skipped.values()),
-              "skipped_by_type": dict(sorted(skipped.items())), "skip_reason": IFBENCH_SKIP_REASON}
+    judgeable = len(items)
+    judgeable_instructions = sum(len(i.judged) for i in items)
+    if max_prompts and len(items) > max_prompts:
+        keep = set(sorted(range(len(items)), key=lambda j: _stable_order(items[j].key))[:max_prompts])
+        items = [it for j, it in enumerate(items) if j in keep]
+    used_instructions = sum(len(i.judged) for i in items)
+    report = {"prompts_total": len(records), "prompts_judgeable": judgeable, "prompts_used": len(items),
+              "prompts_skipped": len(records) - len(items), "prompts_not_sampled": judgeable - len(items),
+              "prompts_judged_whole": sum(1 for i in items if not i.unjudged),
+              "instructions_judged": used_instructions, "instructions_not_sampled": judgeable_instructions - used_instructions,
+              "instructions_skipped": sum(skipped.values()), "skipped_by_type": dict(sorted(skipped.items())),
+              "skip_reason": IFBENCH_SKIP_REASON, "skip_reasons": {k: skip_reason(k) for k in sorted(skipped)}}
     return items, report
 
 
-def load_ifbench() -> tuple[list[IFBenchItem], dict]:
+def load_ifbench(max_prompts: int = 0) -> tuple[list[IFBenchItem], dict]:
     from dpokit.instructions.sources import SourceReport, ifbench_prompts
 
     report = SourceReport()
-    items, counts = ifbench_items(ifbench_prompts(report=report))
+    items, counts = ifbench_items(ifbench_prompts(report=report), max_prompts)
     counts["malformed_records"] = report.skips.total
     return items, counts
 

@@ -251,10 +251,12 @@ def _ifbench_md(summary: dict) -> list[str]:
         return []
     blocks = {"reference": summary["reference"], **summary["policy"]}
     out = ["", "## IFBench (out of distribution)", "",
-           (f"{counts['prompts_used']} of {counts['prompts_total']} prompts have an instruction our checkers judge "
-            f"({counts['instructions_judged']} instructions); {counts['instructions_skipped']} instructions skipped: "
-            f"{counts['skip_reason']}."), "", "| model | instruction pass |", "|---|---|"]
-    return out + [f"| {n} | {_pct((b.get('ifbench') or {}).get('instruction_pass'))} |" for n, b in blocks.items()]
+           (f"{counts['prompts_used']} of {counts['prompts_total']} prompts sampled, each with an instruction our checkers "
+            f"judge ({counts['instructions_judged']} instructions; {counts.get('prompts_judged_whole', 0)} prompts judged "
+            f"whole); {counts['instructions_skipped']} instructions skipped: {counts['skip_reason']}."),
+           "", "| model | instruction pass | prompt pass (judged whole) |", "|---|---|---|"]
+    return out + [f"| {n} | {_pct((b.get('ifbench') or {}).get('instruction_pass'))} | "
+                  f"{_pct((b.get('ifbench') or {}).get('prompt_pass'))} |" for n, b in blocks.items()]
 
 
 def _judge_md(judge: dict | None) -> list[str]:
