@@ -226,7 +226,7 @@ def test_commands_that_run_in_one_process_refuse_a_multi_process_launch(argv, mo
 
 
 def test_what_the_trainer_refuses_under_several_processes():
-    from dpokit.train.loop import check_data_parallel
+    from dpokit.train.parallel_checks import check_data_parallel
 
     cpu = torch.device("cpu")
     check_data_parallel(TrainConfig(optimizer_in_backward=True), accel.Placement(cpu))  # one process: fine

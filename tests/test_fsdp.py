@@ -146,7 +146,7 @@ def test_an_fsdp_or_deepspeed_launch_is_not_taken_for_ddp(monkeypatch):
 
 
 def test_fsdp_settings_dpokit_does_not_honour_are_refused(monkeypatch):
-    from dpokit.train.loop import check_data_parallel
+    from dpokit.train.parallel_checks import check_data_parallel
 
     fsdp = accel.Placement(torch.device("cpu"), 0, 2, "FSDP")
     _fsdp_env(monkeypatch)

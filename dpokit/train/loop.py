@@ -26,15 +26,24 @@ import torch
 from tqdm.auto import tqdm
 
 from dpokit import accel
-from dpokit.config import ConfigError, TrainConfig, save_config, validate_train_config
+from dpokit.config import TrainConfig, save_config, validate_train_config
 from dpokit.data.collate import resolve_pad_id
 from dpokit.train import checkpoint as ckpt
 from dpokit.train import rundir
 from dpokit.train.backward_step import BackwardStepper
 from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm, json_safe
 from dpokit.train.optim import build_optimizer, build_scheduler
+from dpokit.train.parallel_checks import check_data_parallel
 from dpokit.train.prepare import PreparedData, build_reference, prepare_data
-from dpokit.train.step import kto_logratios, kto_step, pairwise_step, processed_tokens, reward_model_step, rrhf_step, sft_step
+from dpokit.train.step import (
+    kto_logratios,
+    kto_step,
+    pairwise_step,
+    processed_tokens,
+    reward_model_step,
+    rrhf_step,
+    sft_step,
+)
 
 
 class _NoWriter:
@@ -89,45 +98,6 @@ def total_steps(cfg: TrainConfig, order: StepOrder) -> int:
 def pairs_per_step(cfg: TrainConfig, place: accel.Placement) -> int:
     """Pairs in one optimizer step over all ranks: batch_size × grad_accum on each."""
     return cfg.batch_size * cfg.grad_accum * place.world_size
-
-
-def check_data_parallel(cfg: TrainConfig, place: accel.Placement) -> None:
-    """What a data-parallel run cannot do (yet), as one-line config errors."""
-    if not place.distributed:
-        return
-    if place.kind == "DEEPSPEED":
-        import importlib.util
-
-        why = "the deepspeed package is not installed" if importlib.util.find_spec("deepspeed") is None else "dpokit does not drive it"
-        raise ConfigError(f"accelerate's DEEPSPEED engine: {why}; launch with the fsdp config (weights, gradients and "
-                          "optimizer state sharded, as ZeRO-3) or a DDP config")
-    if place.kind not in ("MULTI_CPU", "MULTI_GPU", "FSDP"):
-        raise ConfigError(f"accelerate's {place.kind} engine: not supported by dpokit's trainer; launch with a DDP or the fsdp config")
-    if cfg.optimizer_in_backward:
-        raise ConfigError("optimizer_in_backward updates parameters before the gradients are reduced: not with several processes")
-    if place.fsdp:
-        _check_fsdp(cfg, accel.fsdp_settings())
-
-
-def _check_fsdp(cfg: TrainConfig, plugin) -> None:
-    """The FSDP launch settings dpokit honours; the others are refused, not ignored."""
-    from torch.distributed.fsdp import CPUOffloadPolicy
-
-    if plugin.fsdp_version != 2:
-        raise ConfigError(f"fsdp_version {plugin.fsdp_version} in the launch config: dpokit runs FSDP2 only; set fsdp_version: 2")
-    if isinstance(plugin.cpu_offload, CPUOffloadPolicy):
-        raise ConfigError("fsdp_offload_params: true in the launch config: not supported by dpokit yet; set it to false")
-    if plugin.cpu_ram_efficient_loading:
-        raise ConfigError("fsdp_cpu_ram_efficient_loading: true in the launch config: dpokit loads the whole model on "
-                          "every rank before sharding it; set it to false")
-    if plugin.activation_checkpointing:
-        raise ConfigError("fsdp_activation_checkpointing in the launch config: use gradient_checkpointing=true in dpokit's config instead")
-    if plugin.state_dict_type.name != "SHARDED_STATE_DICT":
-        raise ConfigError(f"fsdp_state_dict_type {plugin.state_dict_type.name}: dpokit writes sharded checkpoints and a full "
-                          "final model; set fsdp_state_dict_type: SHARDED_STATE_DICT")
-    if cfg.reference == "adapter":
-        raise ConfigError("reference=adapter under FSDP: its forward passes bypass the sharded engine; use reference=cached "
-                          "(the cache is computed from the same starting weights)")
 
 
 def _silent(*args, **kwargs) -> None:
