@@ -260,6 +260,12 @@ def test_every_study_end_to_end_on_a_tiny_model(tiny_study):
         assert ref[name]["reference_point"]["method"] == "sft" and ref[name]["kl_to_own_reference"] is not None
         assert ref[name]["gain_over_reference"] == pytest.approx(ref[name]["point"]["reward_mean"] - ref[name]["reference_point"]["reward_mean"])
     assert len(list((root / "runs").glob("ref-*/final/*.safetensors"))) == 2  # references are kept
+    # the reference study's own runs skip the calibration margins (it never reads them); the shared base run has them
+    stored = {d.name: json.loads((d / "frontier_run.json").read_text())["result"] for d in (root / "runs").iterdir()
+              if (d / "frontier_run.json").exists()}
+    own = [r for n, r in stored.items() if n.startswith(("ref-", "dpo-from-"))]
+    assert len(own) == 4 and all(r["margins"] is None for r in own)
+    assert len(stored[ref["base"]["run"]]["margins"]) == cal["extra"]["calibration_pairs"]
 
     # a second invocation with --resume trains nothing
     assert main(argv("noise", "--resume")) == 0
@@ -274,3 +280,24 @@ def test_ci_errors_and_text():
     pts = [{"reward_mean": 0.2, "reward_ci95": [0.0, 0.5]}, {"reward_mean": 0.1, "reward_ci95": [None, float("nan")]}]
     assert ci_errors(pts) == [[pytest.approx(0.2), 0.0], [pytest.approx(0.3), 0.0]]  # a bound at 0.0 is a bound
     assert ci_text(pts[0]) == "0.200 [0.00, 0.50]" and ci_text(None) == "n/a"
+
+
+def test_the_full_recipes_share_every_setting_a_shared_run_is_keyed_by():
+    """The noise, beta-noise, calibration and reference recipes reuse each other's runs only if
+    every setting in a run's key agrees (training, evaluation, calibration, sampling); the
+    disagreement and cycles recipes train their own data but share the setup's samples and the
+    budget (docs/studies.md), so they agree on those settings too."""
+    import dataclasses
+
+    from dpokit.config import load_config, recipe
+    from dpokit.studies import study_module
+
+    own = {"output_dir", "study", "noise", "disagreement", "cycles"}
+    shared = {}
+    for name in ("noise", "beta-noise", "calibration", "reference", "disagreement", "cycles"):
+        cfg = load_config(study_module(name).CONFIG, recipe(f"study_{name.replace('-', '_')}"))
+        shared[name] = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in own}
+    assert all(s == shared["noise"] for s in shared.values()), {n: s for n, s in shared.items() if s != shared["noise"]}
+    assert (shared["noise"]["max_steps"], shared["noise"]["eval"]["samples_per_prompt"]) == (20, 1)
+    # beta-noise, calibration and reference score their runs on a probe of NoiseStage's default size
+    assert load_config(noise.NoiseConfig, recipe("study_noise")).noise.probe_pairs == noise.NoiseStage().probe_pairs

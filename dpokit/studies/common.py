@@ -35,7 +35,9 @@ API (all in this module):
                        measured against the same yardstick (evaluate=False: None)
             kl_own_ref KL(π‖own reference) where the run's reference is not the base model
             margins    h = (πa − ra) − (πb − rb) (summed log-probs, reference = the run's own)
-                       for each calibration pair, None where a pair was not tokenized
+                       for each calibration pair, None where a pair was not tokenized;
+                       margins=False skips them (None; ~33 s a run at full size) for a study
+                       that never reads them, and is part of the run's key
             heldout_rewards  the evaluation's rewards, one list per held-out prompt (runs stored
                        before it existed lack it; keep=True redoes those)
             scores     with score={name: pair file}: h of each record of those files (e.g. the
@@ -205,18 +207,21 @@ class Study:
         return st.train_config_of(self.cfg, **{**base, **changes})
 
     def train(self, label: str, data: Path, *, method: str | None = None, setting: str = "", evaluate: bool = True,
-              score: dict[str, Path] | None = None, keep: bool = False, **changes) -> dict:
+              score: dict[str, Path] | None = None, keep: bool = False, margins: bool = True, **changes) -> dict:
         """One run, reused by key under --resume (module docstring). `method` / `setting`: how
         its point is labelled (default: the loss, or "sft"). `score`: {name: pair file} whose
         margins h (policy against its own reference) the result keeps under result["scores"][name].
         `keep`: keep this run's weights whatever keep_models says; a stored run without them (or
-        without its per-prompt held-out rewards) is then redone."""
+        without its per-prompt held-out rewards) is then redone. `margins=False`: no calibration
+        margins (result["margins"] None); keyed, so such a run never stands in for one with them."""
         from dpokit.tasks.frontier_runs import file_digest, key_of, settings_of
 
         train_cfg = self.train_config(data, **changes)
         settings = {k: v for k, v in settings_of(train_cfg).items() if k not in STUDY_RUN_IGNORED}
         score = dict(score or {})
-        key = key_of(self.base, settings, file_digest(data), evaluate, {k: file_digest(v) for k, v in score.items()} or None)
+        # "no margins" joins the key only when asked for, so every run with margins keeps its key
+        key = key_of(self.base, settings, file_digest(data), evaluate, {k: file_digest(v) for k, v in score.items()} or None,
+                     *(() if margins else ("no-margins",)))
         name = f"{label}-{key[:8]}"
         train_cfg = dataclasses.replace(train_cfg, output_dir=str(self.runs_dir / name), progress=self.cfg.progress)
         method = method or ("sft" if train_cfg.objective == "sft" else train_cfg.loss)
@@ -225,12 +230,13 @@ class Study:
         if keep:  # weights: a full model's or a LoRA adapter's safetensors (deleting weights leaves the configs)
             intact = lambda r: (r["final_dir"] is not None and (not evaluate or "heldout_rewards" in r)
                                 and any(Path(r["final_dir"]).glob("*.safetensors")))
-        compute = partial(self._run, train_cfg, method, setting, evaluate, not sft and not keep, score)
+        compute = partial(self._run, train_cfg, method, setting, evaluate, not sft and not keep, score, margins)
         result = {**self.runs.run(name, key, compute, intact=intact), "run": name}
         self.results[name] = result
         return result
 
-    def _run(self, train_cfg, method: str, setting: str, evaluate: bool, deletable: bool, score: dict) -> dict:
+    def _run(self, train_cfg, method: str, setting: str, evaluate: bool, deletable: bool, score: dict,
+             margins: bool = True) -> dict:
         from dpokit.models import load_model
         from dpokit.train.loop import train
 
@@ -245,7 +251,7 @@ class Study:
                             "skipped_steps": summary["skipped_steps"], "last": summary.get("train_last")},
                   "final_dir": str(out.final_dir)}
         if evaluate:
-            result.update(self._evaluate(out.model, method, setting, summary, own_ref, train_cfg, wall))
+            result.update(self._evaluate(out.model, method, setting, summary, own_ref, train_cfg, wall, margins))
         if score:
             clock = time.perf_counter()
             ref = self.ref_model if own_ref is None else load_model(own_ref, dtype=self.cfg.dtype)[0]
@@ -260,7 +266,8 @@ class Study:
             result["final_dir"] = None
         return result
 
-    def _evaluate(self, policy, method, setting, summary, own_ref: str | None, train_cfg, wall: dict) -> dict:
+    def _evaluate(self, policy, method, setting, summary, own_ref: str | None, train_cfg, wall: dict,
+                  with_margins: bool = True) -> dict:
         """Point against the base model; KL to the run's own reference; calibration margins."""
         from dpokit.eval import policy_eval as pe
         from dpokit.eval.stats import sequence_kl
@@ -282,7 +289,7 @@ class Study:
                                  pe.completion_logps(ref, self.tokenizer, pol_samples))
         wall["evaluate"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        margins = self.margins(policy, ref, own_ref or "base", train_cfg)
+        margins = self.margins(policy, ref, own_ref or "base", train_cfg) if with_margins else None
         wall["margins"] = time.perf_counter() - clock
         self.stage(f"  {method} {setting}: reward {pol['reward_mean']:.3f}, KL {numbers['kl']:.2f}"
                    + ("" if kl_own is None else f" (to its own reference {kl_own:.2f})") + f", win {numbers['win_rate']:.0%}")

@@ -16,6 +16,8 @@ policy twice over:
     gain       reward(DPO policy) − reward(its reference): what DPO added on top
 
 The base row's DPO run is the noise study's ε = 0 DPO run (same key: reused under --resume).
+The study's own runs skip the calibration margins (margins=False): nothing here reads them, and
+they would cost a policy and a reference pass over the calibration pairs per run.
 """
 
 from __future__ import annotations
@@ -70,14 +72,14 @@ def run(cfg: ReferenceConfig, log=print, resume: bool = False) -> dict:
         ref_point, model = base_point, None
         if name != "base":
             data = s.pairs_path if name == "sft" else s.write_pairs("pairs-swapped", swap_sides(s.records))
-            ref_run = s.train(f"ref-{name}", data, objective="sft", method="sft",
+            ref_run = s.train(f"ref-{name}", data, objective="sft", method="sft", margins=False,
                               setting="on chosen" if name == "sft" else "on rejected")
             ref_point, model = ref_run["point"], ref_run["final_dir"]
         if model is None:  # the noise study's ε = 0 DPO run (same settings, same key: one run for both)
             dpo = noise_runs(s, NoiseStage(eps=[0.0], methods=["dpo"], seed=0))[0]
         else:
             dpo = s.train(f"dpo-from-{name}-b{cfg.beta:g}", s.pairs_path, method="dpo", setting=f"ref={name}", loss="dpo",
-                          model=model)
+                          model=model, margins=False)
         p = dpo["point"]
         rows.append({"reference": name, "reference_point": ref_point, "point": p,
                      "kl_to_base": p["kl"], "kl_to_own_reference": p["kl"] if model is None else dpo["kl_own_ref"],
