@@ -78,6 +78,14 @@ def comparison_rows(report: dict) -> list[str]:
     return rows
 
 
+def rss_phase_line(name: str, e: dict) -> str:
+    """Where a dpokit run's peak RSS came from: the phase that set it, and the RSS after
+    loading, after the reference precompute, and the peak before the first step."""
+    return (f"{name}: peak RSS {e['peak_rss_mb']:.0f} MB set in {e['peak_rss_phase']}; RSS after model load "
+            f"{e['rss_after_model_load_mb']:.0f}, after reference precompute {e['rss_after_precompute_mb']:.0f}, "
+            f"peak before the first step {e['peak_rss_before_steps_mb']:.0f}")
+
+
 def format_comparison(report: dict) -> str:
     mm = report["matmul"]
     lines = ["", *comparison_rows(report), ""]
@@ -104,6 +112,8 @@ def format_comparison(report: dict) -> str:
             gaps = [abs(a - b) for a, b in zip(e["losses"], base)]
             lines.append(f"{name}: training loss vs dpokit-defaults over {len(gaps)} steps: max |Δ| {max(gaps):.4f}, "
                          f"last step {e['losses'][-1]:.4f} vs {base[-1]:.4f}")
+        if e.get("peak_rss_phase"):
+            lines.append(rss_phase_line(name, e))
         if e.get("ratio_to_trl_lora") is not None and name != "trl-lora":
             lines.append(f"{name}: {e['ratio_to_trl_lora']:.2f}× TRL-LoRA's pairs/s at {e['rss_ratio_to_trl_lora']:.2f}× its peak RSS")
     check = report.get("bf16_logprobs")

@@ -20,12 +20,36 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def current_rss_mb() -> float:
-    """Resident set size now, MB (Linux /proc)."""
+def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def current_rss_mb() -> float:
+    """Resident set size now, MB (Linux /proc)."""
+    return _status_mb("VmRSS")
+
+
+class RssPhases:
+    """RSS now and the peak so far (VmHWM, the high-water mark ru_maxrss reports) at the end
+    of each named phase. The peak only grows, so the phase whose mark first shows the final
+    peak is the phase that set it: the table can say whether it was loading, the reference
+    precompute or a training step."""
+
+    def __init__(self):
+        self.marks: list[dict] = []
+
+    def mark(self, phase: str) -> None:
+        self.marks.append({"phase": phase, "rss_mb": current_rss_mb(), "peak_mb": _status_mb("VmHWM")})
+
+    def peak_phase(self) -> str | None:
+        """The first phase whose mark reached the final peak (None without marks)."""
+        if not self.marks:
+            return None
+        top = self.marks[-1]["peak_mb"]
+        return next(m["phase"] for m in self.marks if m["peak_mb"] >= top)
 
 
 def model_path(spec: dict) -> str:
@@ -60,13 +84,16 @@ def bench_records(spec: dict, tokenizer) -> list[dict]:
     return build_records(spec["pairs"], tokenizer, LengthTargets(*spec["lengths"]), seed=spec["seed"])
 
 
-def _timed_steps(run_step, total: int, losses: list | None = None) -> list[float]:
-    """Wall time of each step; each step's training loss appended to `losses` when given."""
+def _timed_steps(run_step, total: int, losses: list | None = None, phases: RssPhases | None = None) -> list[float]:
+    """Wall time of each step; each step's training loss appended to `losses` when given,
+    and an RSS mark per step to `phases` (reading /proc takes microseconds)."""
     times, last = [], time.perf_counter()
     for step in range(total):
         record = run_step(step)
         if losses is not None:
             losses.append(record["loss"])
+        if phases is not None:
+            phases.mark(f"step {step}")
         now = time.perf_counter()
         times.append(now - last)
         last = now
@@ -117,16 +144,19 @@ def run_dpokit(spec: dict) -> dict:
     from dpokit.config import TrainConfig
     from dpokit.data.collate import resolve_pad_id
     from dpokit.models import load_model
+    from dpokit.runtime import configure_malloc
     from dpokit.train.loop import Trainer
     from dpokit.train.prepare import PreparedData, build_reference
 
+    phases = RssPhases()
+    phases.mark("start")
     torch.manual_seed(spec["seed"])
     model, tok = load_model(model_path(spec), dtype="float32")
     if spec.get("lora"):
         from dpokit.models import apply_lora
 
         model = apply_lora(model, _lora_settings(spec["lora"]))
-    rss_loaded = current_rss_mb()
+    phases.mark("model load")
     pad_id = resolve_pad_id(tok)
     if spec.get("synthetic"):  # scaling mode: exact lengths, content irrelevant
         syn = spec["synthetic"]
@@ -146,20 +176,29 @@ def run_dpokit(spec: dict) -> dict:
         eval_fraction=0.0, max_length=4096, max_prompt_length=2048, lr=spec["lr"], **spec.get("options", {}),
     )
     data = PreparedData(items, [])
+    phases.mark("data")
     quiet = lambda *a, **k: None  # noqa: E731
+    # The run's malloc setting before the precompute, in the order Trainer applies it.
+    configure_malloc(cfg.tune_malloc)
     start = time.perf_counter()
     build_reference(cfg, model, data, pad_id, quiet)  # fills the on-disk cache; Trainer reuses it
     precompute = time.perf_counter() - start
+    phases.mark("reference precompute")
     compiled = _maybe_compile(model, spec)
     trainer = Trainer(cfg, model=model, tokenizer=tok, data=data, log=quiet)
+    phases.mark("trainer setup")
     total = spec["warmup"] + spec["steps"]
     losses: list[float] = []
-    times = _timed_steps(trainer.train_step, total, losses)
+    times = _timed_steps(trainer.train_step, total, losses, phases)
     batches = [trainer.order.indices(s) for s in range(total)]
     out = summarise(times, spec["warmup"], batches, step_tokens(items, batches))
     stats = length_stats(items)
     out.update(reference_precompute_s=precompute, data=stats, compiled=compiled, peak_rss_mb=peak_rss_mb(), losses=losses)
-    out.update(rss_after_model_load_mb=rss_loaded, rss_after_steps_mb=current_rss_mb())
+    after = {m["phase"]: m for m in phases.marks}
+    out.update(rss_after_model_load_mb=after["model load"]["rss_mb"], rss_after_steps_mb=current_rss_mb())
+    out.update(rss_after_precompute_mb=after["reference precompute"]["rss_mb"],
+               peak_rss_before_steps_mb=after["trainer setup"]["peak_mb"], peak_rss_phase=phases.peak_phase(),
+               rss_phases=phases.marks)
     out.update(param_counts(model))
     return out
 

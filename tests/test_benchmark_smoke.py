@@ -44,6 +44,13 @@ def test_quick_dpokit_only_writes_documented_json(tmp_path):
             assert _positive_finite(entry[key]), (name, key, entry[key])
         assert entry["ratio_to_trl_defaults"] is None  # no TRL row to divide by
         assert entry["data"]["pairs"] == 16 and entry["steps"] == 2
+        # Per-phase RSS: a mark per phase and per step (warmup + timed), the final peak set in one of them.
+        phases = [m["phase"] for m in entry["rss_phases"]]
+        assert phases[:5] == ["start", "model load", "data", "reference precompute", "trainer setup"]
+        assert phases[5:] == [f"step {i}" for i in range(len(entry["warmup_seconds"]) + 2)]
+        assert entry["peak_rss_phase"] in phases
+        assert _positive_finite(entry["rss_after_precompute_mb"])
+        assert entry["peak_rss_before_steps_mb"] <= entry["rss_phases"][-1]["peak_mb"] <= entry["peak_rss_mb"] + 1
     assert _positive_finite(report["matmul"]["gflops_peak"])
 
 
@@ -96,3 +103,29 @@ def test_quick_8bit_state_reports_its_loss_curve_beside_fp32(tmp_path, capsys):
     a, b = configs["dpokit-defaults"]["losses"], configs["dpokit-8bit"]["losses"]
     assert len(a) == len(b) == 4 and a[0] == pytest.approx(b[0], abs=1e-6)  # the same first step (same weights, batch)
     assert "dpokit-8bit: training loss vs dpokit-defaults over 4 steps" in capsys.readouterr().out
+
+
+def test_rss_phases_names_the_first_phase_at_the_final_peak(monkeypatch):
+    from benchmarks import bench_workers
+
+    readings = iter([(100.0, 100.0), (900.0, 1500.0), (800.0, 1500.0), (1200.0, 1500.0)])  # (VmRSS, VmHWM)
+    now = {}
+    monkeypatch.setattr(bench_workers, "_status_mb", lambda field: now[field])
+    phases = bench_workers.RssPhases()
+    assert phases.peak_phase() is None
+    for name in ("start", "precompute", "setup", "step 0"):
+        now["VmRSS"], now["VmHWM"] = next(readings)
+        phases.mark(name)
+    # The precompute set the peak; the later phases only reached it again or stayed below.
+    assert phases.peak_phase() == "precompute"
+    assert [m["rss_mb"] for m in phases.marks] == [100.0, 900.0, 800.0, 1200.0]
+
+
+def test_rss_phase_line_says_which_phase_set_the_peak():
+    from benchmarks.bench_report import rss_phase_line
+
+    entry = {"peak_rss_mb": 2375.2, "peak_rss_phase": "step 1", "rss_after_model_load_mb": 436.4,
+             "rss_after_precompute_mb": 957.0, "peak_rss_before_steps_mb": 1058.3}
+    assert rss_phase_line("dpokit-lowmem", entry) == (
+        "dpokit-lowmem: peak RSS 2375 MB set in step 1; RSS after model load 436, after reference precompute 957, "
+        "peak before the first step 1058")

@@ -137,10 +137,9 @@ class Trainer:
         check_data_parallel(cfg, self.place)
         self.cfg, self.log = cfg, (log if self.place.is_main else _silent)
         log = self.log
-        if cfg.tune_malloc:
-            from dpokit.runtime import tune_malloc
+        from dpokit.runtime import configure_malloc
 
-            tune_malloc()
+        configure_malloc(cfg.tune_malloc)  # before the reference precompute: it runs under it too
         seed_everything(cfg.seed)
         self.run_dir = Path(cfg.output_dir)  # files go in only from fit(), after rundir's checks
         self.run_dir.mkdir(parents=True, exist_ok=True)
