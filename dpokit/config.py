@@ -176,7 +176,7 @@ class TrainConfig:
     pack_tokens: int = ranged(1024, ge=1)  # most tokens in one packed row; within it the cheapest layout (packing.plan_rows)
     chunk_size: int = ranged(2048, ge=1)  # tokens per output-head chunk
     gradient_checkpointing: bool = False
-    tune_malloc: bool = True  # keep freed memory in the process (glibc): +25% steps/s on CPU
+    tune_malloc: bool = True  # True: keep freed memory in the process (glibc), +25% steps/s on CPU; False: hand it back (lower peak RSS)
     optimizer_in_backward: bool = False  # update each parameter in backward, free its gradient (needs max_grad_norm 0, grad_accum 1)
     # --- evaluation, logging, checkpoints --------------------------------------------
     eval_every: int = ranged(0, ge=0, note="0 = only at the end")  # steps between held-out evaluations
