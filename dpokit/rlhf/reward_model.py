@@ -55,7 +55,10 @@ def build_reward_model(name: str | os.PathLike, *, dtype: str | torch.dtype = "f
     tokenizer = load_tokenizer(path)
     model = AutoModelForSequenceClassification.from_pretrained(
         path,
-        num_labels=1,
+        # one output (num_labels=1), given as a one-entry label map: passing num_labels alone makes
+        # transformers warn that it disagrees with the base config's 2-entry map
+        id2label={0: "reward"},
+        label2id={"reward": 0},
         pad_token_id=resolve_pad_id(tokenizer),
         dtype=_torch_dtype(dtype),
         attn_implementation="sdpa",
