@@ -1,6 +1,8 @@
 """`dpokit run instructions --quick` end to end on the bundled model: every method gives its
 points, evaluated the same way, with the relations that must hold whatever the numbers (the
-numbers themselves are measured by the full recipe, not here)."""
+numbers themselves are measured by the full recipe, not here). --resume, and what a changed
+setting redoes, are tested on a tiny model (test_instructions_pipeline.py), not here: the real
+model's time in the suite is kept to one pass."""
 
 import json
 
@@ -9,10 +11,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 METHODS = ["preferred-ft", "dpo", "ipo", "rloo-rm", "rloo-oracle"]
-RUNS = ["judge", "preferred-ft", "dpo", "ipo", "rm", "rloo-rm", "rloo-oracle", "best-of-n"]
 
 
-def test_quick_instructions_and_its_resume(real_model_dir, tmp_path):
+def test_quick_instructions_on_the_bundled_model(real_model_dir, tmp_path):
     from dpokit.cli import main
 
     out = tmp_path / "instructions"
@@ -54,9 +55,3 @@ def test_quick_instructions_and_its_resume(real_model_dir, tmp_path):
     assert s["judge_agreement"]["n"] == 6 and 0 <= s["judge_agreement"]["agreement"] <= 1
     assert s["ifbench"]["prompts_used"] > 0 and s["reference"]["ifbench"]["instruction_pass"]["n"] > 0
     assert (out / "report.md").exists() and (out / "pass_vs_kl.png").exists()
-
-    # --resume reuses every finished run: the same numbers, nothing retrained
-    assert main(["run", "instructions", "--quick", "--resume", f"output_dir={out}", "progress=false"]) == 0
-    again = json.loads((out / "summary.json").read_text())
-    assert again["reused_runs"] == RUNS
-    assert again["policy"] == s["policy"] and again["win_rate"] == s["win_rate"]
