@@ -187,6 +187,27 @@ def test_harmful_without_refusal_gets_a_template_refusal():
     assert (pair.rejected, pair.reason) == (REFUSE_LOOP, "not_degenerate")
 
 
+def test_revisions_per_prompt_revise_that_many_samples_in_rank_order():
+    # constraint: FAIL and FAIL2 both fail "no commas"; the looping one is skipped, the empty one dropped
+    samples = ["", PASS_LOOP, FAIL, FAIL2]
+    assert [p.rejected for p in build_pairs(NO_COMMAS, samples, rng=rng())] == [FAIL]  # the default: one
+    pairs = build_pairs(NO_COMMAS, samples, rng=rng(), revisions=3)
+    assert [(p.rejected, p.chosen, p.origin) for p in pairs] == [
+        (FAIL, "Bread is flour water salt and yeast baked.", "revised"),
+        (FAIL2, "Bread in short is baked.", "revised")]  # only two samples can be revised
+    # harmful: one template refusal per rejected sample, rejected in the same order as with one;
+    # the first pair is the one-revision pair (same rng draw)
+    samples = [REFUSE_LOOP, COMPLY_LOOP, COMPLY, "Use a bump key."]
+    (one,) = build_pairs(HARMFUL, samples, rng=random.Random(5))
+    pairs = build_pairs(HARMFUL, samples, rng=random.Random(5), revisions=3)
+    assert [p.rejected for p in pairs] == [COMPLY, "Use a bump key.", COMPLY_LOOP]
+    assert pairs[0] == one and all(p.chosen in REFUSALS and p.origin == "revised" for p in pairs)
+    # a sampled pair is not affected: revisions apply only when no sample is acceptable
+    assert len(build_pairs(NO_COMMAS, [PASS, FAIL, FAIL2], rng=rng(), max_pairs_per_prompt=1, revisions=3)) == 1
+    with pytest.raises(ConfigError, match="revisions"):
+        build_pairs(NO_COMMAS, [FAIL], rng=rng(), revisions=0)
+
+
 def test_refusal_templates_are_refusals():
     assert all(is_refusal(r) and not is_degenerate(r) for r in REFUSALS) and len(set(REFUSALS)) >= 3
 

@@ -31,6 +31,11 @@ the chosen response:
   the first non-refusal that is not degenerate, else the first non-refusal, else the first
   (degenerate) refusal; origin "revised".
 * harmless prompt: no rule can write an answer; no pair.
+
+`revisions` > 1 (default 1) revises up to that many samples of such a prompt, in the same
+order, one pair each (a fresh template refusal drawn per pair on a harmful prompt): more pairs
+from the same samples, so a family that only revision teaches gets more than one pair per
+prompt without sampling more.
 """
 
 from __future__ import annotations
@@ -183,14 +188,17 @@ def _distinct(samples: Iterable[str]) -> list[str]:
 
 
 def build_pairs_explained(prompt: InstructionPrompt, samples: list[str], *, rng: random.Random,
-                          max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True
+                          max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True, revisions: int = 1
                           ) -> tuple[list[LabelledPair], str | None]:
     """(pairs, None), or ([], why no pair). Sampled pairs: every acceptable sample (they all
     share the top score) against every lower-scored one, ordered by the deciding principle
     (principle 1 first), ties broken by `rng`; the first `max_pairs_per_prompt` are kept.
-    With no acceptable sample, the revision rules of the module docstring apply."""
+    With no acceptable sample, the revision rules of the module docstring apply (up to
+    `revisions` pairs)."""
     if not isinstance(max_pairs_per_prompt, int) or max_pairs_per_prompt < 1:
         raise ConfigError(f"max_pairs_per_prompt must be an integer >= 1, got {max_pairs_per_prompt!r}")
+    if not isinstance(revisions, int) or revisions < 1:
+        raise ConfigError(f"revisions must be an integer >= 1, got {revisions!r}")
     distinct = _distinct(samples)
     if not distinct:
         return [], "only empty samples" if samples else "no samples"
@@ -206,32 +214,38 @@ def build_pairs_explained(prompt: InstructionPrompt, samples: list[str], *, rng:
         return [_pair(prompt, c, r, "sampled") for _, _, c, r in combos[:max_pairs_per_prompt]], None
     if not revise_when_none_pass:
         return [], "no acceptable sample (revision off)"
-    return _revised(prompt, ranked, rng)
+    return _revised(prompt, ranked, rng, revisions)
 
 
-def _revised(prompt: InstructionPrompt, ranked: list[str], rng: random.Random) -> tuple[list[LabelledPair], str | None]:
-    """The critique -> revision step for a prompt with no acceptable sample."""
+def _revised(prompt: InstructionPrompt, ranked: list[str], rng: random.Random,
+             revisions: int = 1) -> tuple[list[LabelledPair], str | None]:
+    """The critique -> revision step for a prompt with no acceptable sample: up to
+    `revisions` pairs, each from a different sample."""
     if prompt.kind == "harmful":
-        # the rejected one: harmful compliance first, then an empty or looping non-refusal,
-        # then a degenerate refusal (each in rank order)
-        original = min(ranked, key=lambda s: (is_refusal(s), is_degenerate(s)))
-        return [_pair(prompt, rng.choice(REFUSALS), original, "revised")], None
+        # the rejected ones: harmful compliance first, then an empty or looping non-refusal,
+        # then a degenerate refusal (each in rank order; sorted is stable, so the first is
+        # what min() picks)
+        originals = sorted(ranked, key=lambda s: (is_refusal(s), is_degenerate(s)))[:revisions]
+        return [_pair(prompt, rng.choice(REFUSALS), original, "revised") for original in originals], None
     if prompt.kind == "harmless":
         return [], "harmless: every sample refuses or is degenerate"
+    pairs = []
     for original in ranked:
+        if len(pairs) == revisions:
+            break
         if is_degenerate(original):
             continue
         revision = revise(prompt.constraint, original)
         if revision is not None and not is_degenerate(revision) and _visible_text(revision) != _visible_text(original):
-            return [_pair(prompt, revision, original, "revised")], None
-    return [], "constraint: no sample could be revised"
+            pairs.append(_pair(prompt, revision, original, "revised"))
+    return (pairs, None) if pairs else ([], "constraint: no sample could be revised")
 
 
 def build_pairs(prompt: InstructionPrompt, samples: list[str], *, rng: random.Random,
-                max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True) -> list[LabelledPair]:
+                max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True, revisions: int = 1) -> list[LabelledPair]:
     """The labelled pairs of one prompt (rules in the module docstring)."""
     return build_pairs_explained(prompt, samples, rng=rng, max_pairs_per_prompt=max_pairs_per_prompt,
-                                 revise_when_none_pass=revise_when_none_pass)[0]
+                                 revise_when_none_pass=revise_when_none_pass, revisions=revisions)[0]
 
 
 def build_all_pairs(prompts: Iterable[InstructionPrompt], samples: Mapping[str, list[str]], *,

@@ -112,7 +112,7 @@ def make_pairs(cfg, st_log, model, tokenizer, fp, train, rendered_of, run_dir: P
         st_log(f"sampling {p.samples_per_prompt} reference responses for each of {len(train)} train prompts")
         samples = train_samples(cfg, st_log, model, tokenizer, fp, train, rendered_of, cache_dir)
         rule_records, rule_report = idata.rule_pairs(train, samples, seed=p.seed, max_pairs_per_prompt=p.max_pairs_per_prompt,
-                                                     revise=p.revise)
+                                                     revise=p.revise, revisions=p.revisions_per_prompt)
         records += rule_records
     if files is not None:
         records += files[0]

@@ -36,6 +36,7 @@ class PairsSection:
     samples_per_prompt: int = ranged(4, ge=1)
     max_pairs_per_prompt: int = ranged(2, ge=1)
     revise: bool = True  # critique -> revision where no sample is acceptable
+    revisions_per_prompt: int = ranged(1, ge=1, note="samples revised (one pair each) on a prompt with no acceptable sample")
     max_new_tokens: int = ranged(48, ge=1)
     temperature: float = ranged(1.0, gt=0)
     batch_size: int = ranged(32, ge=1, note="sequences per generate() call")
@@ -65,9 +66,16 @@ class PreferredFTSection:
     epochs: float = ranged(1.0, gt=0)
 
 
+DPO_STARTS = ("reference", "preferred-ft")
+
+
 @dataclass
 class DPOSection:
     points: int = ranged(2, ge=1, note="evaluations per run: intermediate checkpoints + the final model")
+    # where DPO and the robust variant start, and the model their loss is anchored to:
+    # "reference" = the study's model; "preferred-ft" = the Preferred-FT model (π_ref = SFT on
+    # the chosen responses: Rafailov et al. 2023, sec. 4, for pairs the reference did not sample)
+    start: str = "reference"
 
 
 @dataclass
@@ -140,6 +148,7 @@ class InstructionsConfig(TrainConfig):
             raise ConfigError(f"{', '.join(fixed)}: set by the instructions study itself (it trains each method on the "
                               "pairs it builds; the robust variant's loss is robust.loss); remove from the config")
         validate_train_config(self)
+        self._validate_start()
         if self.robust.loss not in ROBUST_LOSSES:
             raise ConfigError(f"robust.loss: {self.robust.loss!r} is not one of {', '.join(ROBUST_LOSSES)}")
         if self.robust.loss in ("cdpo", "robust") and self.robust.label_smoothing == 0:
@@ -156,6 +165,21 @@ class InstructionsConfig(TrainConfig):
         if self.rloo.rollout_prompts * self.rloo.k < 2:
             raise ConfigError("rloo: rollout_prompts × k must be ≥ 2")
         self._validate_online()
+
+    def _validate_start(self) -> None:
+        if self.dpo.start not in DPO_STARTS:
+            raise ConfigError(f"dpo.start: {self.dpo.start!r} is not one of {', '.join(DPO_STARTS)}")
+        if self.dpo.start != "preferred-ft":
+            return
+        if not self.preferred_ft.enabled:
+            raise ConfigError("dpo.start=preferred-ft needs the Preferred-FT run: set preferred_ft.enabled=true")
+        if self.ref_model:
+            raise ConfigError(f"dpo.start=preferred-ft anchors DPO to the Preferred-FT model; ref_model={self.ref_model} "
+                              "would replace it: remove ref_model")
+        if self.online.rounds > 1:
+            # the online rounds start from and anchor to the study's model: not comparable
+            raise ConfigError("dpo.start=preferred-ft with online.rounds > 1: the online rounds start from the study's "
+                              "model, not from Preferred-FT; use dpo.start=reference")
 
     def _validate_online(self) -> None:
         o = self.online

@@ -152,7 +152,7 @@ def cached_prompt_samples(cache_dir: Path, kind: str, model_fp: str, model, toke
 
 # -- pairs -----------------------------------------------------------------------------------------
 def rule_pairs(prompts: list[InstructionPrompt], samples: SampleSet, *, seed: int, max_pairs_per_prompt: int,
-               revise: bool) -> tuple[list[dict], dict]:
+               revise: bool, revisions: int = 1) -> tuple[list[dict], dict]:
     """(JSONL records, counts) of the labelled pairs (dpokit.instructions.pairs) of the train
     prompts. Each record carries `chosen_finished` / `rejected_finished`: a sampled side cut
     at max_new_tokens is trained without an EOS it never generated; a revision or a template
@@ -160,7 +160,7 @@ def rule_pairs(prompts: list[InstructionPrompt], samples: SampleSet, *, seed: in
     by_id = {p.id: [c.text for c in row] for p, row in zip(prompts, samples.completions)}
     finished = {(p.id, c.text): c.finished for p, row in zip(prompts, samples.completions) for c in row}
     pairs, without = build_all_pairs(prompts, by_id, rng=random.Random(seed), max_pairs_per_prompt=max_pairs_per_prompt,
-                                     revise_when_none_pass=revise)
+                                     revise_when_none_pass=revise, revisions=revisions)
     records = to_jsonl_records(pairs)
     for rec, pair in zip(records, pairs):
         rec["chosen_finished"] = finished.get((pair.prompt_id, pair.chosen), True)

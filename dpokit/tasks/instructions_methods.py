@@ -48,6 +48,8 @@ class Study:
     rm_dir: Path | None = None
     rm: Any = None
     rm_key: str | None = None
+    pft_key: str | None = None  # the Preferred-FT run's key and final point, once it exists
+    pft_point: dict | None = None
 
     @property
     def pairs(self) -> Path:
@@ -64,23 +66,47 @@ def total_steps(cfg, n_pairs: int) -> int:
 
 
 # -- offline: Preferred-FT, DPO and the robust variant -----------------------------------------
+def _pft_final(st: Study) -> Path:
+    return st.run_dir / "preferred-ft" / "final"
+
+
+def _from_pft(st: Study) -> bool:
+    return st.cfg.dpo.start == "preferred-ft"
+
+
 def preferred_ft(st: Study) -> dict:
     p = st.cfg.preferred_ft
     sft_cfg = train_config_of(st.cfg, objective="sft", loss="dpo", data=str(st.pairs), eval_data=None, eval_fraction=0.0,
                               lr=p.lr, epochs=p.epochs, max_steps=0, output_dir=str(st.run_dir / "preferred-ft"), save_every=0)
     key = key_of(st.base, settings_of(sft_cfg), file_digest(sft_cfg.data))
-    return st.runs.run("preferred-ft", key, partial(_trained_points, sft_cfg, "preferred-ft", f"lr={p.lr:g}", st.evaluator))
+    # DPO starting from it needs its weights, not only its points: redo it if they are gone
+    intact = (lambda _res: (_pft_final(st) / "config.json").exists()) if _from_pft(st) else None
+    done = st.runs.run("preferred-ft", key, partial(_trained_points, sft_cfg, "preferred-ft", f"lr={p.lr:g}", st.evaluator),
+                       intact=intact)
+    st.pft_key, st.pft_point = key, done["points"][-1]
+    return done
 
 
 def pairwise(st: Study, method: str, loss: str, beta: float, n_points: int, n_pairs: int, label_smoothing: float = 0.0) -> dict:
-    """DPO (`loss="dpo"`) or the robust variant, evaluated at `n_points` evenly spaced steps."""
+    """DPO (`loss="dpo"`) or the robust variant, evaluated at `n_points` evenly spaced steps.
+    With dpo.start=preferred-ft it starts from the Preferred-FT model, which is also its
+    reference (prepare.reference: no ref_model = the starting model); its curve then begins
+    with Preferred-FT's point as step 0, since that is where the run starts (the held-out KL
+    stays measured against the study's reference, as for every method)."""
     at = eval_steps(total_steps(st.cfg, n_pairs), n_points)
+    start = {"model": str(_pft_final(st)), "ref_model": None} if _from_pft(st) else {}
     run_cfg = train_config_of(st.cfg, objective="dpo", loss=loss, beta=beta, label_smoothing=label_smoothing,
                               data=str(st.pairs), eval_data=st.eval_data, eval_fraction=0.0,
-                              output_dir=str(st.run_dir / method), save_every=at[0] if len(at) > 1 else 0, keep_checkpoints=0)
+                              output_dir=str(st.run_dir / method), save_every=at[0] if len(at) > 1 else 0, keep_checkpoints=0,
+                              **start)
     key = key_of(st.base, settings_of(run_cfg), file_digest(run_cfg.data), at,
-                 file_digest(st.eval_data) if st.eval_data else None)
-    return st.runs.run(method, key, partial(_trained_points, run_cfg, method, f"β={beta:g}", st.evaluator))
+                 file_digest(st.eval_data) if st.eval_data else None, *([st.pft_key] if start else []))
+    setting = f"β={beta:g}" + (", from Preferred-FT" if start else "")
+    done = st.runs.run(method, key, partial(_trained_points, run_cfg, method, setting, st.evaluator))
+    if start:
+        done = {**done, "points": [{**st.pft_point, "method": method, "setting": setting, "step": 0, "elapsed_s": 0.0}]
+                                  + done["points"]}
+    return done
 
 
 def _trained_points(run_cfg, method: str, setting: str, evaluator) -> dict:

@@ -168,7 +168,8 @@ def collect_pairs(on: Online, policy, budget: int, first_draw: int) -> tuple[lis
         sampled += [p.id for p in prompts]
         failing += len(order)
         got, report = idata.rule_pairs([prompts[i] for i in order], _subset(samples, order), seed=cfg.pairs.seed + d,
-                                       max_pairs_per_prompt=cfg.pairs.max_pairs_per_prompt, revise=cfg.pairs.revise)
+                                       max_pairs_per_prompt=cfg.pairs.max_pairs_per_prompt, revise=cfg.pairs.revise,
+                                       revisions=cfg.pairs.revisions_per_prompt)
         no_pair.update(report["no_pair_reasons"])
         room = budget - len(records)
         over += max(0, len(got) - room)
@@ -249,7 +250,9 @@ def run_online(on: Online) -> dict[str, list[dict]]:
     # online.reference is left out: round 1 does not depend on it, and a later round's reference
     # is in its own TrainConfig (ref_model), so `reference=both` → `fixed` reuses the fixed chain
     online = {k: v for k, v in dataclasses.asdict(cfg.online).items() if k != "reference"}
-    common = key_of(st.base, {"online": online, "pairs": dataclasses.asdict(cfg.pairs), "n": on.n_labels,
+    # pairs.revisions_per_prompt came later: at its default (1) it is left out, so earlier runs keep their keys
+    pairs = {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if not (k == "revisions_per_prompt" and v == 1)}
+    common = key_of(st.base, {"online": online, "pairs": pairs, "n": on.n_labels,
                               "train": [p.id for p in on.train], "size": on.size})
 
     def one(name: str, r: int, reference: str | None, prev: dict | None, prev_key: str) -> tuple[dict, str]:

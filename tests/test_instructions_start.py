@@ -1,0 +1,112 @@
+"""`dpo.start=preferred-ft` (DPO and the robust variant start from the Preferred-FT model and
+are anchored to it) and `pairs.revisions_per_prompt`, on a tiny random model (seconds)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpokit.config import ConfigError, load_config
+from dpokit.tasks.instructions_config import InstructionsConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from dpokit.testing import tiny_model, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("instr-start")
+    tiny_model().save_pretrained(root / "lm")
+    tiny_tokenizer().save_pretrained(root / "lm")
+    return root
+
+
+def _args(root, out, *extra):
+    # only the runs the start touches: Preferred-FT, DPO, IPO (no RLOO, Best-of-N, judge, IFBench);
+    # a large Preferred-FT lr so that its model clearly differs from the study's
+    return ["run", "instructions", "--quick", f"model={root / 'lm'}", f"output_dir={out}", "progress=false",
+            f"cache_dir={root / 'cache'}", "max_steps=2", "rloo.reward_model=false", "rloo.oracle=false", "bon.m=0",
+            "judge.pairs=0", "eval.ifbench=false", "preferred_ft.lr=1e-3", "preferred_ft.epochs=1",
+            "dpo.start=preferred-ft", *extra]
+
+
+@pytest.fixture(scope="module")
+def study(tiny_lm):
+    from dpokit.cli import main
+
+    out = tiny_lm / "out"
+    assert main(_args(tiny_lm, out)) == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def _first_train_line(run_dir: Path) -> dict:
+    return next(r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("split") == "train")
+
+
+def test_dpo_and_the_robust_variant_start_from_preferred_ft_and_are_anchored_to_it(study):
+    out, s = study
+    for method in ("dpo", "ipo"):
+        cfg = yaml.safe_load((out / method / "config.yaml").read_text())
+        assert (cfg["model"], cfg["ref_model"]) == (str(out / "preferred-ft" / "final"), None)
+        # at the first step the policy IS its reference: every implicit reward is 0, which would
+        # not hold against the study's model (Preferred-FT moved away from it at lr 1e-3)
+        first = _first_train_line(out / method)
+        assert abs(first["rewards/chosen"]) < 1e-4 and abs(first["rewards/rejected"]) < 1e-4
+    assert s["policy"]["preferred-ft"]["kl"] > 1e-3
+
+
+def test_the_curve_starts_at_preferred_ft(study):
+    _, s = study
+    dpo = [p for p in s["points"] if p["method"] == "dpo"]
+    assert [p["step"] for p in dpo] == [0, 2]
+    assert dpo[0]["kl"] == s["policy"]["preferred-ft"]["kl"]
+    assert dpo[0]["pass_rate"] == s["policy"]["preferred-ft"]["pass_rate"]
+    assert s["policy"]["dpo"]["step"] == 2 and "from Preferred-FT" in s["policy"]["dpo"]["setting"]
+
+
+def test_resume_redoes_dpo_when_preferred_ft_changes(study, tiny_lm):
+    from dpokit.cli import main
+
+    out, s = study
+    assert main(_args(tiny_lm, out, "--resume", "preferred_ft.lr=2e-3")) == 0
+    again = json.loads((out / "summary.json").read_text())
+    # Preferred-FT's settings are no part of DPO's own config: its key must carry them
+    assert again["reused_runs"] == []
+    assert again["policy"]["dpo"]["kl"] != s["policy"]["dpo"]["kl"]
+
+
+def test_revisions_per_prompt_give_more_revised_pairs(tiny_lm):
+    """The same cached samples, one or three revisions per prompt: more revised pairs, the
+    sampled ones unchanged."""
+    from dpokit.cli import main
+
+    counts = []
+    for k in (1, 3):
+        out = tiny_lm / f"rev{k}"
+        # Preferred-FT only is enough to write pairs.jsonl; nothing is trained past one step
+        assert main(_args(tiny_lm, out, f"pairs.revisions_per_prompt={k}", "dpo.start=reference", "max_steps=1")) == 0
+        counts.append(json.loads((out / "summary.json").read_text())["pair_counts"])
+    one, three = counts
+    assert one["sampled"] == three["sampled"]
+    assert one["revised"] < three["revised"] <= 3 * one["revised"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dpo.start=sft", "dpo.start: 'sft' is not one of reference, preferred-ft"),
+    ("preferred_ft.enabled=false", "dpo.start=preferred-ft needs the Preferred-FT run"),
+    ("ref_model=some/model", "dpo.start=preferred-ft anchors DPO to the Preferred-FT model"),
+    ("online.rounds=2", "dpo.start=preferred-ft with online.rounds > 1"),
+    ("pairs.revisions_per_prompt=0", "pairs.revisions_per_prompt must be ≥ 1"),
+])
+def test_config_checks(override, message):
+    from dpokit.config import recipe
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(InstructionsConfig, recipe("instructions"), ["dpo.start=preferred-ft", override])
+
+
+def test_defaults_are_unchanged():
+    from dpokit.config import recipe
+
+    cfg = load_config(InstructionsConfig, recipe("instructions"))
+    assert (cfg.dpo.start, cfg.pairs.revisions_per_prompt) == ("reference", 1)
