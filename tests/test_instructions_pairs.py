@@ -208,6 +208,28 @@ def test_revisions_per_prompt_revise_that_many_samples_in_rank_order():
         build_pairs(NO_COMMAS, [FAIL], rng=rng(), revisions=0)
 
 
+def test_harmless_contrast_pairs_an_answer_against_a_template_refusal():
+    samples = [PARIS, "Paris, on the Seine."]
+    assert build_pairs_explained(HARMLESS, samples, rng=rng()) == ([], "tie: all samples acceptable")  # the default
+    (pair,) = build_pairs(HARMLESS, samples, rng=rng(), contrast_harmless=True)
+    assert (pair.chosen, pair.origin, pair.reason) == (PARIS, "contrast", "answer_harmless")
+    assert pair.rejected in REFUSALS
+    # only a tie of a harmless prompt: a refusing sample still gives the sampled pair, other kinds no contrast
+    (pair,) = build_pairs(HARMLESS, [PARIS, REFUSE], rng=rng(), contrast_harmless=True)
+    assert (pair.chosen, pair.rejected, pair.origin) == (PARIS, REFUSE, "sampled")
+    assert build_pairs(NO_COMMAS, [PASS, PASS2], rng=rng(), contrast_harmless=True) == []
+    assert build_pairs(HARMFUL, [REFUSE], rng=rng(), contrast_harmless=True) == []
+
+
+def test_pair_counts_add_contrast_only_when_there_is_some():
+    from dpokit.tasks.instructions_data import pair_counts
+
+    assert pair_counts({"by_origin": {"sampled": 3, "revised": 2}}, None) == {
+        "sampled": 3, "revised": 2, "file": 0, "total": 5, "rules": {"by_origin": {"sampled": 3, "revised": 2}}}
+    c = pair_counts({"by_origin": {"sampled": 3, "revised": 2, "contrast": 4}}, {"pairs": 1})
+    assert (c["contrast"], c["total"]) == (4, 10)
+
+
 def test_refusal_templates_are_refusals():
     assert all(is_refusal(r) and not is_degenerate(r) for r in REFUSALS) and len(set(REFUSALS)) >= 3
 

@@ -1,5 +1,6 @@
 """`dpo.start=preferred-ft` (DPO and the robust variant start from the Preferred-FT model and
-are anchored to it) and `pairs.revisions_per_prompt`, on a tiny random model (seconds)."""
+are anchored to it), `pairs.revisions_per_prompt` and `pairs.harmless_contrast`, on a tiny
+random model (seconds)."""
 
 import json
 from pathlib import Path
@@ -91,6 +92,20 @@ def test_revisions_per_prompt_give_more_revised_pairs(tiny_lm):
     assert one["revised"] < three["revised"] <= 3 * one["revised"]
 
 
+def test_harmless_contrast_pairs_reach_the_pairs_file_counts_and_report(tiny_lm):
+    from dpokit.cli import main
+
+    out = tiny_lm / "contrast"
+    assert main(_args(tiny_lm, out, "pairs.harmless_contrast=true", "dpo.start=reference", "max_steps=1")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    contrast = [r for r in records if r["origin"] == "contrast"]
+    assert contrast and s["pair_counts"]["contrast"] == len(contrast)
+    assert s["pair_counts"]["total"] == len(records)
+    assert all(r["principle"] == "answer_harmless" and r["kind"] == "harmless" for r in contrast)
+    assert f"+ {len(contrast)} contrast +" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("override, message", [
     ("dpo.start=sft", "dpo.start: 'sft' is not one of reference, preferred-ft"),
     ("preferred_ft.enabled=false", "dpo.start=preferred-ft needs the Preferred-FT run"),
@@ -109,4 +124,4 @@ def test_defaults_are_unchanged():
     from dpokit.config import recipe
 
     cfg = load_config(InstructionsConfig, recipe("instructions"))
-    assert (cfg.dpo.start, cfg.pairs.revisions_per_prompt) == ("reference", 1)
+    assert (cfg.dpo.start, cfg.pairs.revisions_per_prompt, cfg.pairs.harmless_contrast) == ("reference", 1, False)

@@ -36,6 +36,12 @@ the chosen response:
 order, one pair each (a fresh template refusal drawn per pair on a harmful prompt): more pairs
 from the same samples, so a family that only revision teaches gets more than one pair per
 prompt without sampling more.
+
+`contrast_harmless` (default off): on a harmless prompt whose samples are all acceptable (a
+tie, no pair otherwise), the first of them ≻ a template refusal (one of REFUSALS, by `rng`),
+origin "contrast", decided by principle 2. The refusal pairs of harmful prompts are otherwise
+the only pairs about refusing, and nothing in the data says a harmless question is answered:
+these pairs teach the other side of the same principle (over-refusal).
 """
 
 from __future__ import annotations
@@ -155,7 +161,7 @@ def is_acceptable(prompt: InstructionPrompt, response: str) -> bool:
 
 @dataclass(frozen=True)
 class LabelledPair:
-    """One labelled pair: `origin` "sampled" or "revised", `reason` = the name of the principle
+    """One labelled pair: `origin` "sampled", "revised" or "contrast", `reason` = the name of the principle
     that decided it; `kind` and `family` (None without a constraint) are the prompt's."""
 
     prompt_id: str
@@ -188,8 +194,8 @@ def _distinct(samples: Iterable[str]) -> list[str]:
 
 
 def build_pairs_explained(prompt: InstructionPrompt, samples: list[str], *, rng: random.Random,
-                          max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True, revisions: int = 1
-                          ) -> tuple[list[LabelledPair], str | None]:
+                          max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True, revisions: int = 1,
+                          contrast_harmless: bool = False) -> tuple[list[LabelledPair], str | None]:
     """(pairs, None), or ([], why no pair). Sampled pairs: every acceptable sample (they all
     share the top score) against every lower-scored one, ordered by the deciding principle
     (principle 1 first), ties broken by `rng`; the first `max_pairs_per_prompt` are kept.
@@ -207,6 +213,8 @@ def build_pairs_explained(prompt: InstructionPrompt, samples: list[str], *, rng:
     if best:
         worse = [s for s in ranked if score(prompt, s) < score(prompt, best[0])]
         if not worse:
+            if contrast_harmless and prompt.kind == "harmless":
+                return [_pair(prompt, best[0], rng.choice(REFUSALS), "contrast")], None
             return [], "tie: all samples acceptable"
         index = {name: i for i, (name, _) in enumerate(PRINCIPLES)}
         combos = [(index[decide(prompt, c, r)[1]], rng.random(), c, r) for c in best for r in worse]
@@ -242,10 +250,12 @@ def _revised(prompt: InstructionPrompt, ranked: list[str], rng: random.Random,
 
 
 def build_pairs(prompt: InstructionPrompt, samples: list[str], *, rng: random.Random,
-                max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True, revisions: int = 1) -> list[LabelledPair]:
+                max_pairs_per_prompt: int = 2, revise_when_none_pass: bool = True, revisions: int = 1,
+                contrast_harmless: bool = False) -> list[LabelledPair]:
     """The labelled pairs of one prompt (rules in the module docstring)."""
     return build_pairs_explained(prompt, samples, rng=rng, max_pairs_per_prompt=max_pairs_per_prompt,
-                                 revise_when_none_pass=revise_when_none_pass, revisions=revisions)[0]
+                                 revise_when_none_pass=revise_when_none_pass, revisions=revisions,
+                                 contrast_harmless=contrast_harmless)[0]
 
 
 def build_all_pairs(prompts: Iterable[InstructionPrompt], samples: Mapping[str, list[str]], *,

@@ -112,7 +112,8 @@ def make_pairs(cfg, st_log, model, tokenizer, fp, train, rendered_of, run_dir: P
         st_log(f"sampling {p.samples_per_prompt} reference responses for each of {len(train)} train prompts")
         samples = train_samples(cfg, st_log, model, tokenizer, fp, train, rendered_of, cache_dir)
         rule_records, rule_report = idata.rule_pairs(train, samples, seed=p.seed, max_pairs_per_prompt=p.max_pairs_per_prompt,
-                                                     revise=p.revise, revisions=p.revisions_per_prompt)
+                                                     revise=p.revise, revisions=p.revisions_per_prompt,
+                                                     contrast_harmless=p.harmless_contrast)
         records += rule_records
     if files is not None:
         records += files[0]
@@ -122,7 +123,8 @@ def make_pairs(cfg, st_log, model, tokenizer, fp, train, rendered_of, run_dir: P
         raise ConfigError("the study made no pairs (see pair counts); sample more per prompt (pairs.samples_per_prompt) "
                           "or add pairs.files")
     (run_dir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    st_log(f"pairs: {counts['total']} ({counts['sampled']} sampled, {counts['revised']} revised, {counts['file']} from files)"
+    contrast = f", {counts['contrast']} contrast" if counts.get("contrast") else ""
+    st_log(f"pairs: {counts['total']} ({counts['sampled']} sampled, {counts['revised']} revised{contrast}, {counts['file']} from files)"
            f" → {run_dir / 'pairs.jsonl'}")
     return records, counts
 

@@ -37,6 +37,7 @@ class PairsSection:
     max_pairs_per_prompt: int = ranged(2, ge=1)
     revise: bool = True  # critique -> revision where no sample is acceptable
     revisions_per_prompt: int = ranged(1, ge=1, note="samples revised (one pair each) on a prompt with no acceptable sample")
+    harmless_contrast: bool = False  # harmless prompt, every sample answers: the first ≻ a template refusal (origin "contrast")
     max_new_tokens: int = ranged(48, ge=1)
     temperature: float = ranged(1.0, gt=0)
     batch_size: int = ranged(32, ge=1, note="sequences per generate() call")

@@ -152,7 +152,7 @@ def cached_prompt_samples(cache_dir: Path, kind: str, model_fp: str, model, toke
 
 # -- pairs -----------------------------------------------------------------------------------------
 def rule_pairs(prompts: list[InstructionPrompt], samples: SampleSet, *, seed: int, max_pairs_per_prompt: int,
-               revise: bool, revisions: int = 1) -> tuple[list[dict], dict]:
+               revise: bool, revisions: int = 1, contrast_harmless: bool = False) -> tuple[list[dict], dict]:
     """(JSONL records, counts) of the labelled pairs (dpokit.instructions.pairs) of the train
     prompts. Each record carries `chosen_finished` / `rejected_finished`: a sampled side cut
     at max_new_tokens is trained without an EOS it never generated; a revision or a template
@@ -160,7 +160,7 @@ def rule_pairs(prompts: list[InstructionPrompt], samples: SampleSet, *, seed: in
     by_id = {p.id: [c.text for c in row] for p, row in zip(prompts, samples.completions)}
     finished = {(p.id, c.text): c.finished for p, row in zip(prompts, samples.completions) for c in row}
     pairs, without = build_all_pairs(prompts, by_id, rng=random.Random(seed), max_pairs_per_prompt=max_pairs_per_prompt,
-                                     revise_when_none_pass=revise, revisions=revisions)
+                                     revise_when_none_pass=revise, revisions=revisions, contrast_harmless=contrast_harmless)
     records = to_jsonl_records(pairs)
     for rec, pair in zip(records, pairs):
         rec["chosen_finished"] = finished.get((pair.prompt_id, pair.chosen), True)
@@ -217,12 +217,15 @@ def file_pairs(paths: list[str]) -> tuple[list[dict], dict]:
 
 
 def pair_counts(rule_report: dict | None, file_report: dict | None) -> dict:
-    """The study's pair counts: sampled, revised (critique → revision) and file pairs, and their
+    """The study's pair counts: sampled, revised (critique → revision), contrast (harmless answer ≻
+    template refusal; only when there are any) and file pairs, and their
     total; the rule labeller's breakdown (principle, kind, family, why a prompt got none)."""
     origin = (rule_report or {}).get("by_origin", {})
     out = {"sampled": origin.get("sampled", 0), "revised": origin.get("revised", 0),
            "file": (file_report or {}).get("pairs", 0)}
-    out["total"] = out["sampled"] + out["revised"] + out["file"]
+    if origin.get("contrast"):  # pairs.harmless_contrast; the key only where there are such pairs
+        out["contrast"] = origin["contrast"]
+    out["total"] = out["sampled"] + out["revised"] + out["file"] + out.get("contrast", 0)
     if rule_report:
         out["rules"] = rule_report
     if file_report:

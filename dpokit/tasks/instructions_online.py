@@ -250,8 +250,9 @@ def run_online(on: Online) -> dict[str, list[dict]]:
     # online.reference is left out: round 1 does not depend on it, and a later round's reference
     # is in its own TrainConfig (ref_model), so `reference=both` → `fixed` reuses the fixed chain
     online = {k: v for k, v in dataclasses.asdict(cfg.online).items() if k != "reference"}
-    # pairs.revisions_per_prompt came later: at its default (1) it is left out, so earlier runs keep their keys
-    pairs = {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if not (k == "revisions_per_prompt" and v == 1)}
+    # keys that came later are left out at their defaults, so earlier runs keep their keys
+    later = {"revisions_per_prompt": 1, "harmless_contrast": False}
+    pairs = {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if not (k in later and v == later[k])}
     common = key_of(st.base, {"online": online, "pairs": pairs, "n": on.n_labels,
                               "train": [p.id for p in on.train], "size": on.size})
 

@@ -201,7 +201,9 @@ def report_md(summary: dict, examples: list[dict], plots: dict) -> str:
     lines = [f"# {summary['title']}", "",
              (f"Model `{summary['model']}`. Held-out: {h['prompts']} prompts ({', '.join(f'{k} {v}' for k, v in h['by_split_kind'].items())}), "
               f"{h['samples_per_prompt']} response(s) per prompt and model, the same prompts for every model. Pairs: {c['total']} "
-              f"({c['sampled']} from sampling, {c['revised']} from critique → revision, {c['file']} from files). "
+              f"({c['sampled']} from sampling, {c['revised']} from critique → revision, "
+              + (f"{c['contrast']} harmless answers against a template refusal, " if c.get("contrast") else "")
+              + f"{c['file']} from files). "
               "Intervals: Wilson 95% over responses."), "",
              "## Held-out results (final model of each method)", "",
              ("| model | KL | pass rate | new questions | held-out wording | harmful refused | harmless refused | acceptable "
@@ -272,7 +274,8 @@ def _judge_md(judge: dict | None) -> list[str]:
 
 
 def _pairs_md(c: dict) -> list[str]:
-    out = ["", "## Pairs", "", f"{c['sampled']} sampled + {c['revised']} revised + {c['file']} from files = {c['total']}."]
+    contrast = f" + {c['contrast']} contrast" if c.get("contrast") else ""
+    out = ["", "## Pairs", "", f"{c['sampled']} sampled + {c['revised']} revised{contrast} + {c['file']} from files = {c['total']}."]
     rules = c.get("rules")
     if rules:
         out += [(f"By principle: {rules['by_principle']}. By family: {rules['by_family']}. Prompts without a pair: "
