@@ -1,6 +1,6 @@
 """`dpo.start=preferred-ft` (DPO and the robust variant start from the Preferred-FT model and
-are anchored to it), `pairs.revisions_per_prompt` and `pairs.harmless_contrast`, on a tiny
-random model (seconds)."""
+are anchored to it), `pairs.revisions_per_prompt`, `pairs.harmless_contrast` and
+`eval.ifbench_methods`, on a tiny random model (seconds)."""
 
 import json
 from pathlib import Path
@@ -106,12 +106,25 @@ def test_harmless_contrast_pairs_reach_the_pairs_file_counts_and_report(tiny_lm)
     assert f"+ {len(contrast)} contrast +" in (out / "report.md").read_text()
 
 
+def test_ifbench_only_for_the_named_methods(tiny_lm):
+    from dpokit.cli import main
+
+    out = tiny_lm / "ifb"
+    args = [a for a in _args(tiny_lm, out, "dpo.start=reference", "max_steps=1") if a != "eval.ifbench=false"]
+    assert main(args + ["eval.ifbench=true", "eval.ifbench_methods=[dpo]"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["reference"]["ifbench"] is not None and s["policy"]["dpo"]["ifbench"] is not None
+    assert s["policy"]["preferred-ft"]["ifbench"] is None and s["policy"]["ipo"]["ifbench"] is None
+    assert "| ipo | n/a | n/a |" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("override, message", [
     ("dpo.start=sft", "dpo.start: 'sft' is not one of reference, preferred-ft"),
     ("preferred_ft.enabled=false", "dpo.start=preferred-ft needs the Preferred-FT run"),
     ("ref_model=some/model", "dpo.start=preferred-ft anchors DPO to the Preferred-FT model"),
     ("online.rounds=2", "dpo.start=preferred-ft with online.rounds > 1"),
     ("pairs.revisions_per_prompt=0", "pairs.revisions_per_prompt must be ≥ 1"),
+    ("eval.ifbench_methods=[dpo, ppo]", "eval.ifbench_methods: ppo not among the methods"),
 ])
 def test_config_checks(override, message):
     from dpokit.config import recipe
@@ -125,3 +138,4 @@ def test_defaults_are_unchanged():
 
     cfg = load_config(InstructionsConfig, recipe("instructions"))
     assert (cfg.dpo.start, cfg.pairs.revisions_per_prompt, cfg.pairs.harmless_contrast) == ("reference", 1, False)
+    assert cfg.eval.ifbench_methods == []

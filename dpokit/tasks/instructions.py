@@ -49,11 +49,17 @@ class Evaluator:
         return {"n": e.samples_per_prompt, "max_new_tokens": e.ifbench_max_new_tokens if ifbench else p.max_new_tokens,
                 "temperature": p.temperature, "batch_size": p.batch_size, "seed": e.seed}
 
-    def sample(self, model, desc: str):
+    def on_ifbench(self, method: str) -> bool:
+        """Whether `method`'s points are sampled on IFBench too: eval.ifbench_methods names them
+        (empty = every method); the reference always is (when eval.ifbench is on)."""
+        named = self.cfg.eval.ifbench_methods
+        return bool(self.ifbench) and (not named or method in named)
+
+    def sample(self, model, desc: str, ifbench: bool = True):
         """(held-out samples, IFBench samples or None) of `model`."""
         main = idata.sample_prompts(model, self.tokenizer, self.heldout, self.rendered, desc=desc, **self.settings())
         ifb = None
-        if self.ifbench:
+        if self.ifbench and ifbench:
             ifb = idata.sample_prompts(model, self.tokenizer, None, self.ifbench_rendered, desc=desc, **self.settings(ifbench=True))
         return main, ifb
 
@@ -68,7 +74,7 @@ class Evaluator:
                 "texts": texts}
 
     def __call__(self, policy, method: str, setting: str, step: int, elapsed_s: float) -> dict:
-        samples, ifb = self.sample(policy, f"{method} samples")
+        samples, ifb = self.sample(policy, f"{method} samples", ifbench=self.on_ifbench(method))
         kl = _kl(policy, self.ref_model, self.tokenizer, samples)
         point = self.point(method, setting, step, kl, samples, ifb, elapsed_s)
         self.stage(f"  {method} {setting} step {step}: pass {point['pass_rate']['rate']:.3f}, harmful refusal "
@@ -176,6 +182,8 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
         raise ConfigError("two prompts of the study render to the same text; change prompts.seed")
     base = {"model": fp, "heldout": [p.id for p in heldout], "ifbench": [i.key for i in ifbench], "eval": ev.settings(),
             "ifbench_eval": ev.settings(ifbench=True), "dtype": cfg.dtype}
+    if cfg.eval.ifbench_methods:  # only when set, so that the default's run keys stay as they were
+        base["ifbench_methods"] = sorted(cfg.eval.ifbench_methods)
     st = im.Study(cfg, run_dir, ev, FinishedRuns(run_dir, resume=resume, log=stage), base, train_rendered, prompt_of,
                   heldout_pairs(cfg, heldout, ref_samples, run_dir))
 

@@ -51,6 +51,9 @@ class EvalSection:
     ifbench: bool = True  # IFBench prompts with an instruction our checkers judge, as an out-of-distribution set
     ifbench_max_new_tokens: int = ranged(128, ge=1, note="IFBench asks for long answers (up to hundreds of words)")
     ifbench_prompts: int = ranged(24, ge=0, note="IFBench prompts sampled (first by a hash of the key); 0 = every judged one")
+    # the methods sampled on IFBench besides the reference (its samples cost about a third of an
+    # evaluation); empty = every method
+    ifbench_methods: list[str] = field(default_factory=list)
     examples: int = ranged(6, ge=0)  # side-by-side examples in the report
 
 
@@ -150,6 +153,10 @@ class InstructionsConfig(TrainConfig):
                               "pairs it builds; the robust variant's loss is robust.loss); remove from the config")
         validate_train_config(self)
         self._validate_start()
+        methods = ("preferred-ft", "dpo", self.robust.loss, "rloo-rm", "rloo-oracle")
+        unknown = [m for m in self.eval.ifbench_methods if m not in methods]
+        if unknown:
+            raise ConfigError(f"eval.ifbench_methods: {', '.join(map(str, unknown))} not among the methods {', '.join(methods)}")
         if self.robust.loss not in ROBUST_LOSSES:
             raise ConfigError(f"robust.loss: {self.robust.loss!r} is not one of {', '.join(ROBUST_LOSSES)}")
         if self.robust.loss in ("cdpo", "robust") and self.robust.label_smoothing == 0:
