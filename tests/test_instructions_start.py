@@ -1,6 +1,6 @@
 """`dpo.start=preferred-ft` (DPO and the robust variant start from the Preferred-FT model and
-are anchored to it), `pairs.revisions_per_prompt`, `pairs.harmless_contrast` and
-`eval.ifbench_methods`, on a tiny random model (seconds)."""
+are anchored to it), `pairs.revisions_per_prompt`, `pairs.harmless_contrast`,
+`eval.ifbench_methods` and `eval.kl_samples_per_prompt`, on a tiny random model (seconds)."""
 
 import json
 from pathlib import Path
@@ -118,6 +118,24 @@ def test_ifbench_only_for_the_named_methods(tiny_lm):
     assert "| ipo | n/a | n/a |" in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize("k, expected", [(0, [["a0", "a1"], ["b0", "b1"]]), (1, [["a0"], ["b0"]]), (2, [["a0", "a1"], ["b0", "b1"]])])
+def test_kl_is_estimated_from_the_first_k_samples_of_each_prompt(monkeypatch, k, expected):
+    from dpokit.eval.policy_eval import SampleSet
+    from dpokit.generate import Completion
+    from dpokit.tasks import instructions as inst
+
+    cfg = load_config(InstructionsConfig, None, [f"eval.kl_samples_per_prompt={k}"])
+    seen = []
+    monkeypatch.setattr(inst, "_kl", lambda policy, ref, tok, samples: seen.append(samples) or 0.5)
+    ev = inst.Evaluator(cfg, "ref", "tok", [], [], [], [], print)
+    rows = [[Completion(t, [1], True) for t in ("a0", "a1")], [Completion(t, [1], True) for t in ("b0", "b1")]]
+    samples = SampleSet(["p", "q"], rows, [[1.0, 0.0], [0.0, 1.0]])
+    assert ev.kl("policy", samples) == 0.5
+    (got,) = seen
+    assert [[c.text for c in row] for row in got.completions] == expected and got.prompts == ["p", "q"]
+    assert [len(r) for r in got.rewards] == [len(r) for r in expected]
+
+
 @pytest.mark.parametrize("override, message", [
     ("dpo.start=sft", "dpo.start: 'sft' is not one of reference, preferred-ft"),
     ("preferred_ft.enabled=false", "dpo.start=preferred-ft needs the Preferred-FT run"),
@@ -125,6 +143,7 @@ def test_ifbench_only_for_the_named_methods(tiny_lm):
     ("online.rounds=2", "dpo.start=preferred-ft with online.rounds > 1"),
     ("pairs.revisions_per_prompt=0", "pairs.revisions_per_prompt must be ≥ 1"),
     ("eval.ifbench_methods=[dpo, ppo]", "eval.ifbench_methods: ppo not among the methods"),
+    ("eval.kl_samples_per_prompt=3", r"eval.kl_samples_per_prompt \(3\) must be ≤ eval.samples_per_prompt \(2\)"),
 ])
 def test_config_checks(override, message):
     from dpokit.config import recipe
@@ -138,4 +157,4 @@ def test_defaults_are_unchanged():
 
     cfg = load_config(InstructionsConfig, recipe("instructions"))
     assert (cfg.dpo.start, cfg.pairs.revisions_per_prompt, cfg.pairs.harmless_contrast) == ("reference", 1, False)
-    assert cfg.eval.ifbench_methods == []
+    assert cfg.eval.ifbench_methods == [] and cfg.eval.kl_samples_per_prompt == 0

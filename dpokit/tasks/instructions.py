@@ -73,13 +73,27 @@ class Evaluator:
                 "metrics": block, "ifbench": ie.ifbench_eval(self.ifbench, _texts(ifb)) if ifb is not None else None,
                 "texts": texts}
 
+    def kl(self, policy, samples) -> float:
+        """KL(π‖π_ref) from `samples` of the policy, or from the first eval.kl_samples_per_prompt
+        of each prompt's samples (0 = all): the KL's two log-prob passes cost about as much as the
+        held-out sampling, and the first k samples of each prompt are still samples of π."""
+        k = self.cfg.eval.kl_samples_per_prompt
+        return _kl(policy, self.ref_model, self.tokenizer, first_samples(samples, k) if k else samples)
+
     def __call__(self, policy, method: str, setting: str, step: int, elapsed_s: float) -> dict:
         samples, ifb = self.sample(policy, f"{method} samples", ifbench=self.on_ifbench(method))
-        kl = _kl(policy, self.ref_model, self.tokenizer, samples)
+        kl = self.kl(policy, samples)
         point = self.point(method, setting, step, kl, samples, ifb, elapsed_s)
         self.stage(f"  {method} {setting} step {step}: pass {point['pass_rate']['rate']:.3f}, harmful refusal "
                    f"{_fmt(point['harmful_refusal']['rate'])}, harmless refusal {_fmt(point['harmless_refusal']['rate'])}, KL {kl:.2f}")
         return point
+
+
+def first_samples(samples, k: int):
+    """The SampleSet with only the first `k` samples of each prompt."""
+    from dpokit.eval.policy_eval import SampleSet
+
+    return SampleSet(list(samples.prompts), [row[:k] for row in samples.completions], [row[:k] for row in samples.rewards])
 
 
 def _texts(samples) -> list[list[str]]:
@@ -182,8 +196,11 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
         raise ConfigError("two prompts of the study render to the same text; change prompts.seed")
     base = {"model": fp, "heldout": [p.id for p in heldout], "ifbench": [i.key for i in ifbench], "eval": ev.settings(),
             "ifbench_eval": ev.settings(ifbench=True), "dtype": cfg.dtype}
-    if cfg.eval.ifbench_methods:  # only when set, so that the default's run keys stay as they were
+    # keys that came later join only when set, so that the default's run keys stay as they were
+    if cfg.eval.ifbench_methods:
         base["ifbench_methods"] = sorted(cfg.eval.ifbench_methods)
+    if cfg.eval.kl_samples_per_prompt:
+        base["kl_samples_per_prompt"] = cfg.eval.kl_samples_per_prompt
     st = im.Study(cfg, run_dir, ev, FinishedRuns(run_dir, resume=resume, log=stage), base, train_rendered, prompt_of,
                   heldout_pairs(cfg, heldout, ref_samples, run_dir))
 

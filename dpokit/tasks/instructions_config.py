@@ -47,6 +47,7 @@ class PairsSection:
 @dataclass
 class EvalSection:
     samples_per_prompt: int = ranged(2, ge=1)  # per held-out prompt, every method alike
+    kl_samples_per_prompt: int = ranged(0, ge=0, note="the first samples of each held-out prompt the KL is estimated from; 0 = all")
     seed: int = ranged(2, **SEED_RANGE)
     ifbench: bool = True  # IFBench prompts with an instruction our checkers judge, as an out-of-distribution set
     ifbench_max_new_tokens: int = ranged(128, ge=1, note="IFBench asks for long answers (up to hundreds of words)")
@@ -153,6 +154,9 @@ class InstructionsConfig(TrainConfig):
                               "pairs it builds; the robust variant's loss is robust.loss); remove from the config")
         validate_train_config(self)
         self._validate_start()
+        if self.eval.kl_samples_per_prompt > self.eval.samples_per_prompt:
+            raise ConfigError(f"eval.kl_samples_per_prompt ({self.eval.kl_samples_per_prompt}) must be ≤ "
+                              f"eval.samples_per_prompt ({self.eval.samples_per_prompt})")
         methods = ("preferred-ft", "dpo", self.robust.loss, "rloo-rm", "rloo-oracle")
         unknown = [m for m in self.eval.ifbench_methods if m not in methods]
         if unknown:

@@ -197,11 +197,9 @@ def round_config(on: Online, r: int, reference: str | None, start: str | None, m
 
 def _evaluate(on: Online, policy, method: str, setting: str, step: int, seconds: float) -> dict:
     """The held-out point of a round's policy (as every method's, less IFBench), without texts."""
-    from dpokit.tasks.instructions import _kl
-
     ev = on.st.evaluator
     samples = idata.sample_prompts(policy, on.tokenizer, ev.heldout, ev.rendered, desc=f"{method} samples", **ev.settings())
-    point = ev.point(method, setting, step, _kl(policy, on.ref_model, on.tokenizer, samples), samples, None, seconds)
+    point = ev.point(method, setting, step, ev.kl(policy, samples), samples, None, seconds)
     ev.stage(f"  {method} {setting}: pass {point['pass_rate']['rate']:.3f}, KL {point['kl']:.2f}")
     return {k: v for k, v in point.items() if k != "texts"}
 
