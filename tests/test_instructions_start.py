@@ -1,6 +1,7 @@
 """`dpo.start=preferred-ft` (DPO and the robust variant start from the Preferred-FT model and
 are anchored to it), `pairs.revisions_per_prompt`, `pairs.harmless_contrast`,
-`eval.ifbench_methods` and `eval.kl_samples_per_prompt`, on a tiny random model (seconds)."""
+`eval.ifbench_methods`, `eval.kl_samples_per_prompt` and `bon.reuse_reference`, on a tiny random
+model (seconds) or with the sampler replaced."""
 
 import json
 from pathlib import Path
@@ -136,6 +137,34 @@ def test_kl_is_estimated_from_the_first_k_samples_of_each_prompt(monkeypatch, k,
     assert [len(r) for r in got.rewards] == [len(r) for r in expected]
 
 
+@pytest.mark.parametrize("m, reuse, asked, expected", [
+    (4, False, 4, ["n0", "n1", "n2", "n3"]),   # the default: all m drawn
+    (4, True, 2, ["r0", "r1", "n0", "n1"]),    # the reference's 2 first, then m - 2 new
+    (2, True, None, ["r0", "r1"]),             # nothing new to draw
+    (1, True, None, ["r0"]),
+])
+def test_best_of_n_reuses_the_references_heldout_samples(monkeypatch, m, reuse, asked, expected):
+    import dpokit.generate
+    from dpokit.eval.policy_eval import SampleSet
+    from dpokit.generate import Completion
+    from dpokit.tasks import instructions_methods as im
+
+    cfg = load_config(InstructionsConfig, None, [f"bon.m={m}", "bon.ns=[1]", f"bon.reuse_reference={str(reuse).lower()}"])
+    calls = []
+
+    def fake(model, tok, prompts, *, n_per_prompt, seed, **kw):
+        calls.append((n_per_prompt, seed))
+        return [[Completion(f"n{k}", [1], True) for k in range(n_per_prompt)] for _ in prompts]
+
+    monkeypatch.setattr(dpokit.generate, "sample_completions", fake)
+    ref = SampleSet(["p", "q"], [[Completion(f"r{k}", [1], True) for k in range(2)] for _ in range(2)], [[0.0, 0.0]] * 2)
+    ev = type("Ev", (), {"rendered": ["p", "q"]})()
+    st = im.Study(cfg, Path("."), ev, None, {}, [], {}, ref_samples=ref)
+    rows = im._bon_samples(st, "ref-model", "tok")
+    assert [[c.text for c in row] for row in rows] == [expected, expected]
+    assert calls == ([] if asked is None else [(asked, cfg.eval.seed + 1)])
+
+
 @pytest.mark.parametrize("override, message", [
     ("dpo.start=sft", "dpo.start: 'sft' is not one of reference, preferred-ft"),
     ("preferred_ft.enabled=false", "dpo.start=preferred-ft needs the Preferred-FT run"),
@@ -157,4 +186,4 @@ def test_defaults_are_unchanged():
 
     cfg = load_config(InstructionsConfig, recipe("instructions"))
     assert (cfg.dpo.start, cfg.pairs.revisions_per_prompt, cfg.pairs.harmless_contrast) == ("reference", 1, False)
-    assert cfg.eval.ifbench_methods == [] and cfg.eval.kl_samples_per_prompt == 0
+    assert cfg.eval.ifbench_methods == [] and cfg.eval.kl_samples_per_prompt == 0 and cfg.bon.reuse_reference is False

@@ -202,7 +202,7 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
     if cfg.eval.kl_samples_per_prompt:
         base["kl_samples_per_prompt"] = cfg.eval.kl_samples_per_prompt
     st = im.Study(cfg, run_dir, ev, FinishedRuns(run_dir, resume=resume, log=stage), base, train_rendered, prompt_of,
-                  heldout_pairs(cfg, heldout, ref_samples, run_dir))
+                  heldout_pairs(cfg, heldout, ref_samples, run_dir), ref_samples=ref_samples)
 
     results = {"judge": im.judge(st, ref_model, tokenizer, records) if cfg.judge.pairs else None}
     points, train_info = [], {}

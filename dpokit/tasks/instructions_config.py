@@ -115,6 +115,7 @@ class RLOOSection:
 class BestOfNSection:
     m: int = ranged(4, ge=0, note="reference samples per held-out prompt; 0 = no Best-of-N")
     ns: list[int] = field(default_factory=lambda: [1, 2, 4])
+    reuse_reference: bool = False  # the first eval.samples_per_prompt of the m are the reference's held-out samples
 
 
 ONLINE_REFERENCES = ("fixed", "updated", "both")

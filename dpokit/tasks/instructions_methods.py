@@ -50,6 +50,7 @@ class Study:
     rm_key: str | None = None
     pft_key: str | None = None  # the Preferred-FT run's key and final point, once it exists
     pft_point: dict | None = None
+    ref_samples: Any = None  # the reference's held-out SampleSet (Best-of-N may reuse it)
 
     @property
     def pairs(self) -> Path:
@@ -211,8 +212,27 @@ def _rloo_run(st: Study, rloo_cfg, method: str) -> dict:
 
 # -- Best-of-N ---------------------------------------------------------------------------------
 def best_of_n(st: Study, ref_model, tokenizer) -> dict:
-    key = key_of(st.base, dataclasses.asdict(st.cfg.bon), st.rm_key, st.cfg.pairs.batch_size)
+    # bon.reuse_reference came later: left out of the key when off, so earlier runs keep theirs
+    bon = {k: v for k, v in dataclasses.asdict(st.cfg.bon).items() if not (k == "reuse_reference" and not v)}
+    key = key_of(st.base, bon, st.rm_key, st.cfg.pairs.batch_size)
     return st.runs.run("best-of-n", key, partial(_best_of_n_run, st, ref_model, tokenizer))
+
+
+def _bon_samples(st: Study, ref_model, tokenizer) -> list[list]:
+    """bon.m reference samples per held-out prompt (seed eval.seed + 1). With bon.reuse_reference
+    the first eval.samples_per_prompt of them are the reference's held-out samples (the same
+    model and sampling settings, so the same distribution: iid draws) and only the rest are new."""
+    from dpokit.generate import sample_completions
+
+    cfg, ev = st.cfg, st.evaluator
+    reused = [list(row[:cfg.bon.m]) for row in st.ref_samples.completions] if cfg.bon.reuse_reference else None
+    extra = cfg.bon.m - (len(reused[0]) if reused else 0)
+    if extra <= 0:
+        return reused
+    comps = sample_completions(ref_model, tokenizer, ev.rendered, n_per_prompt=extra, max_new_tokens=cfg.pairs.max_new_tokens,
+                               temperature=cfg.pairs.temperature, batch_size=cfg.pairs.batch_size, seed=cfg.eval.seed + 1,
+                               progress=False, desc="best-of-n")
+    return [old + new for old, new in zip(reused, comps)] if reused else comps
 
 
 def _best_of_n_run(st: Study, ref_model, tokenizer) -> dict:
@@ -222,15 +242,12 @@ def _best_of_n_run(st: Study, ref_model, tokenizer) -> dict:
     import time
 
     from dpokit.eval.instructions_eval import best_of_n_points, oracle_selector
-    from dpokit.generate import sample_completions
     from dpokit.rlhf.best_of_n import _reward_model_scores, within_prompt_pair_accuracy
 
     cfg, ev = st.cfg, st.evaluator
     ev.stage(f"Best-of-N: {cfg.bon.m} reference samples per held-out prompt")
     started = time.perf_counter()
-    comps = sample_completions(ref_model, tokenizer, ev.rendered, n_per_prompt=cfg.bon.m, max_new_tokens=cfg.pairs.max_new_tokens,
-                               temperature=cfg.pairs.temperature, batch_size=cfg.pairs.batch_size, seed=cfg.eval.seed + 1,
-                               progress=False, desc="best-of-n")
+    comps = _bon_samples(st, ref_model, tokenizer)
     texts = [[c.text for c in row] for row in comps]
     scores = _reward_model_scores(st.rm, tokenizer, ev.rendered, comps, cfg.pairs.batch_size) if st.rm is not None else None
     points = best_of_n_points(ev.heldout, texts, scores, cfg.bon.ns)
