@@ -127,7 +127,7 @@ def test_kl_is_estimated_from_the_first_k_samples_of_each_prompt(monkeypatch, k,
 
     cfg = load_config(InstructionsConfig, None, [f"eval.kl_samples_per_prompt={k}"])
     seen = []
-    monkeypatch.setattr(inst, "_kl", lambda policy, ref, tok, samples: seen.append(samples) or 0.5)
+    monkeypatch.setattr(inst, "_kl", lambda policy, ref, tok, samples, temperature=1.0: seen.append(samples) or 0.5)
     ev = inst.Evaluator(cfg, "ref", "tok", [], [], [], [], print)
     rows = [[Completion(t, [1], True) for t in ("a0", "a1")], [Completion(t, [1], True) for t in ("b0", "b1")]]
     samples = SampleSet(["p", "q"], rows, [[1.0, 0.0], [0.0, 1.0]])

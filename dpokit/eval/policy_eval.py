@@ -56,11 +56,15 @@ def sample_and_score(model, tokenizer, prompts, reward_fn, *, n_per_prompt, max_
 
 
 @torch.no_grad()
-def completion_logps(model, tokenizer, samples: SampleSet, batch_size: int = 16) -> list[float]:
+def completion_logps(model, tokenizer, samples: SampleSet, batch_size: int = 16, temperature: float = 1.0) -> list[float]:
     """log π(y|x) of every sampled completion (summed over its generated tokens), flat order.
 
     Scores `token_ids` as generated, so EOS counts only for finished completions: the same
-    rule the training data follows via the records' `*_finished` flags (data/tokenize)."""
+    rule the training data follows via the records' `*_finished` flags (data/tokenize).
+    `temperature` T ≠ 1: the log-probs of the tempered distribution the samples were drawn
+    from, log softmax(logits / T)[y_t] summed over t (ancestral sampling at T, dpokit.generate)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     items = []
     for prompt, row in zip(samples.prompts, samples.completions):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -71,8 +75,24 @@ def completion_logps(model, tokenizer, samples: SampleSet, batch_size: int = 16)
     pad_id, out = resolve_pad_id(tokenizer), []
     for start in range(0, len(items), batch_size):
         batch = collate_pairs(items[start : start + batch_size], pad_id, include_rejected=False)
-        out += batch_logps(model, batch).logps.tolist()
+        out += (batch_logps(model, batch).logps if temperature == 1.0 else _tempered_logps(model, batch, temperature)).tolist()
     return out
+
+
+def _tempered_logps(model, batch: dict, temperature: float) -> torch.Tensor:
+    """Summed log softmax(logits / T) of each row's labelled tokens, through the same chunked
+    head as `batch_logps`: logits / T = (h / T)·Wᵀ + b / T, so the hidden states and the bias
+    are scaled instead of the (T, vocab) logits."""
+    from types import SimpleNamespace
+
+    from dpokit.logprobs import gather_scored, model_body_and_head, token_logps
+
+    body, head = model_body_and_head(model)
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    h, targets, rows = gather_scored(hidden, batch["labels"])
+    scaled = SimpleNamespace(weight=head.weight, bias=None if head.bias is None else head.bias / temperature)
+    lp = token_logps(h / temperature, targets, scaled)
+    return torch.zeros(batch["labels"].shape[0], dtype=torch.float32, device=lp.device).index_add(0, rows, lp)
 
 
 def compare(reference: SampleSet, policy: SampleSet, policy_logps=None, ref_logps=None) -> dict:

@@ -44,10 +44,15 @@ class Evaluator:
         self.ifbench, self.ifbench_rendered = ifbench, ifbench_rendered
         self.ids_digest = digest([p.id for p in heldout])
 
+    @property
+    def temperature(self) -> float:
+        """The evaluation's sampling temperature: eval.temperature, 0 = pairs.temperature."""
+        return self.cfg.eval.temperature or self.cfg.pairs.temperature
+
     def settings(self, ifbench: bool = False) -> dict:
         e, p = self.cfg.eval, self.cfg.pairs
         return {"n": e.samples_per_prompt, "max_new_tokens": e.ifbench_max_new_tokens if ifbench else p.max_new_tokens,
-                "temperature": p.temperature, "batch_size": p.batch_size, "seed": e.seed}
+                "temperature": self.temperature, "batch_size": p.batch_size, "seed": e.seed}
 
     def on_ifbench(self, method: str) -> bool:
         """Whether `method`'s points are sampled on IFBench too: eval.ifbench_methods names them
@@ -78,7 +83,7 @@ class Evaluator:
         of each prompt's samples (0 = all): the KL's two log-prob passes cost about as much as the
         held-out sampling, and the first k samples of each prompt are still samples of π."""
         k = self.cfg.eval.kl_samples_per_prompt
-        return _kl(policy, self.ref_model, self.tokenizer, first_samples(samples, k) if k else samples)
+        return _kl(policy, self.ref_model, self.tokenizer, first_samples(samples, k) if k else samples, self.temperature)
 
     def __call__(self, policy, method: str, setting: str, step: int, elapsed_s: float) -> dict:
         samples, ifb = self.sample(policy, f"{method} samples", ifbench=self.on_ifbench(method))
@@ -100,11 +105,14 @@ def _texts(samples) -> list[list[str]]:
     return [[c.text for c in row] for row in samples.completions]
 
 
-def _kl(policy, ref_model, tokenizer, samples) -> float:
-    """KL(π‖π_ref) ≈ mean over the policy's own samples of log π − log π_ref (dpokit.eval.stats)."""
+def _kl(policy, ref_model, tokenizer, samples, temperature: float = 1.0) -> float:
+    """KL(π‖π_ref) ≈ mean over the policy's own samples of log π − log π_ref (dpokit.eval.stats).
+    Samples drawn at temperature T ≠ 1 come from the tempered π_T: the KL is then KL(π_T‖π_ref,T)
+    between the two distributions as sampled, with log-probs of softmax(logits / T)."""
     from dpokit.eval.stats import sequence_kl
 
-    return sequence_kl(pe.completion_logps(policy, tokenizer, samples), pe.completion_logps(ref_model, tokenizer, samples))
+    return sequence_kl(pe.completion_logps(policy, tokenizer, samples, temperature=temperature),
+                       pe.completion_logps(ref_model, tokenizer, samples, temperature=temperature))
 
 
 def _fmt(x) -> str:
@@ -201,6 +209,8 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
         base["ifbench_methods"] = sorted(cfg.eval.ifbench_methods)
     if cfg.eval.kl_samples_per_prompt:
         base["kl_samples_per_prompt"] = cfg.eval.kl_samples_per_prompt
+    if ev.temperature != 1.0:  # the KL then uses tempered log-probs (it used untempered ones before)
+        base["kl_temperature"] = ev.temperature
     st = im.Study(cfg, run_dir, ev, FinishedRuns(run_dir, resume=resume, log=stage), base, train_rendered, prompt_of,
                   heldout_pairs(cfg, heldout, ref_samples, run_dir), ref_samples=ref_samples)
 

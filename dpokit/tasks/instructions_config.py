@@ -48,6 +48,8 @@ class PairsSection:
 class EvalSection:
     samples_per_prompt: int = ranged(2, ge=1)  # per held-out prompt, every method alike
     kl_samples_per_prompt: int = ranged(0, ge=0, note="the first samples of each held-out prompt the KL is estimated from; 0 = all")
+    temperature: float = ranged(0.0, ge=0, note="sampling temperature of the evaluation (held-out, IFBench, Best-of-N; "
+                                "the KL is then between the tempered distributions); 0 = pairs.temperature")
     seed: int = ranged(2, **SEED_RANGE)
     ifbench: bool = True  # IFBench prompts with an instruction our checkers judge, as an out-of-distribution set
     ifbench_max_new_tokens: int = ranged(128, ge=1, note="IFBench asks for long answers (up to hundreds of words)")

@@ -214,12 +214,13 @@ def _rloo_run(st: Study, rloo_cfg, method: str) -> dict:
 def best_of_n(st: Study, ref_model, tokenizer) -> dict:
     # bon.reuse_reference came later: left out of the key when off, so earlier runs keep theirs
     bon = {k: v for k, v in dataclasses.asdict(st.cfg.bon).items() if not (k == "reuse_reference" and not v)}
-    key = key_of(st.base, bon, st.rm_key, st.cfg.pairs.batch_size)
+    key = key_of(st.base, bon, st.rm_key, st.cfg.pairs.batch_size)  # st.base holds the evaluation's temperature
     return st.runs.run("best-of-n", key, partial(_best_of_n_run, st, ref_model, tokenizer))
 
 
 def _bon_samples(st: Study, ref_model, tokenizer) -> list[list]:
-    """bon.m reference samples per held-out prompt (seed eval.seed + 1). With bon.reuse_reference
+    """bon.m reference samples per held-out prompt (seed eval.seed + 1, at the evaluation's
+    temperature: Best-of-N is a way of sampling at evaluation time). With bon.reuse_reference
     the first eval.samples_per_prompt of them are the reference's held-out samples (the same
     model and sampling settings, so the same distribution: iid draws) and only the rest are new."""
     from dpokit.generate import sample_completions
@@ -230,7 +231,8 @@ def _bon_samples(st: Study, ref_model, tokenizer) -> list[list]:
     if extra <= 0:
         return reused
     comps = sample_completions(ref_model, tokenizer, ev.rendered, n_per_prompt=extra, max_new_tokens=cfg.pairs.max_new_tokens,
-                               temperature=cfg.pairs.temperature, batch_size=cfg.pairs.batch_size, seed=cfg.eval.seed + 1,
+                               temperature=cfg.eval.temperature or cfg.pairs.temperature, batch_size=cfg.pairs.batch_size,
+                               seed=cfg.eval.seed + 1,
                                progress=False, desc="best-of-n")
     return [old + new for old, new in zip(reused, comps)] if reused else comps
 
