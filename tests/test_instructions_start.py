@@ -75,6 +75,9 @@ def test_resume_redoes_dpo_when_preferred_ft_changes(study, tiny_lm):
     # Preferred-FT's settings are no part of DPO's own config: its key must carry them
     assert again["reused_runs"] == []
     assert again["policy"]["dpo"]["kl"] != s["policy"]["dpo"]["kl"]
+    # rpo_alpha changes DPO and IPO only: Preferred-FT (SFT, where it does nothing) is reused
+    assert main(_args(tiny_lm, out, "--resume", "preferred_ft.lr=2e-3", "rpo_alpha=0.5")) == 0
+    assert json.loads((out / "summary.json").read_text())["reused_runs"] == ["preferred-ft"]
 
 
 def test_revisions_per_prompt_give_more_revised_pairs(tiny_lm):

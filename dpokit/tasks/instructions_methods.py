@@ -77,8 +77,10 @@ def _from_pft(st: Study) -> bool:
 
 def preferred_ft(st: Study) -> dict:
     p = st.cfg.preferred_ft
+    # rpo_alpha (top level, for DPO and the robust variant) does nothing to SFT: 0 here keeps it out of this run's key
     sft_cfg = train_config_of(st.cfg, objective="sft", loss="dpo", data=str(st.pairs), eval_data=None, eval_fraction=0.0,
-                              lr=p.lr, epochs=p.epochs, max_steps=0, output_dir=str(st.run_dir / "preferred-ft"), save_every=0)
+                              lr=p.lr, epochs=p.epochs, max_steps=0, output_dir=str(st.run_dir / "preferred-ft"), save_every=0,
+                              rpo_alpha=0.0)
     key = key_of(st.base, settings_of(sft_cfg), file_digest(sft_cfg.data))
     # DPO starting from it needs its weights, not only its points: redo it if they are gone
     intact = (lambda _res: (_pft_final(st) / "config.json").exists()) if _from_pft(st) else None
@@ -136,7 +138,7 @@ def reward_model(st: Study) -> dict:
     r = st.cfg.rm
     rm_cfg = train_config_of(st.cfg, objective="rm", loss="dpo", data=str(st.pairs), eval_data=st.eval_data, eval_fraction=0.0,
                              lr=r.lr, head_lr=r.head_lr, epochs=r.epochs, batch_size=r.batch_size, max_steps=0,
-                             output_dir=str(st.run_dir / "rm"), save_every=0)
+                             output_dir=str(st.run_dir / "rm"), save_every=0, rpo_alpha=0.0)  # as Preferred-FT's
     st.rm_key = key_of(st.base, settings_of(rm_cfg), file_digest(rm_cfg.data), file_digest(st.eval_data) if st.eval_data else None)
     done = st.runs.run("rm", st.rm_key, partial(_fit_reward_model, rm_cfg, st.evaluator),
                        intact=lambda res: (Path(res["final_dir"]) / "config.json").exists())
