@@ -265,10 +265,12 @@ def test_reference_choice_is_honoured(online_run):
     for name, ref in (("online-fixed-r2", str(root / "lm")), ("online-updated-r2", None)):
         used = yaml.safe_load((out / name / "config.yaml").read_text())
         assert used["model"] == str(out / "online-r1" / "final") and used["ref_model"] == ref
-    # the DPO margin at the first step is 0 exactly when the reference is the starting model
+    # the DPO margin at the first step is 0 when the reference is the starting model: up to fp32
+    # rounding, as the cached reference log-probs are computed in other batches (other padding)
+    # than the first training step; ~1e-6 seen, against ~1e-2 for the fixed reference
     first = {n: json.loads((out / n / "metrics.jsonl").read_text().splitlines()[0]) for n in ("online-fixed-r2", "online-updated-r2")}
-    assert first["online-updated-r2"]["rewards/margins"] == 0.0
-    assert first["online-fixed-r2"]["rewards/margins"] != 0.0
+    assert abs(first["online-updated-r2"]["rewards/margins"]) < 1e-5
+    assert abs(first["online-fixed-r2"]["rewards/margins"]) > 1e-3
     assert s["online"]["chains"]["fixed"][2]["ref_model"] == str(root / "lm")
 
 
