@@ -23,6 +23,10 @@ from dpokit.instructions.constraints import (
     wordings,
     words,
 )
+from dpokit.tasks.instructions_config import PairsSection
+
+# the study's default answer budget (pairs.max_new_tokens): params are drawn to fit it
+BUDGET = PairsSection().max_new_tokens
 
 
 def c(family, **params):
@@ -149,7 +153,7 @@ def test_every_family_has_cases_both_ways():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("blank", ["", " ", "\n\t  \n"])
 def test_blank_response_fails_every_family(family, blank):
-    constraint = sample_constraint(family, random.Random(0), "train")
+    constraint = sample_constraint(family, random.Random(0), "train", max_new_tokens=BUDGET)
     assert check(constraint, blank) is False
     assert revise(constraint, blank) is None
 
@@ -170,12 +174,12 @@ def test_wordings_split():
 
 def test_sample_is_deterministic_and_respects_the_split():
     for family in FAMILIES:
-        a = [sample_constraint(family, random.Random(7), "train") for _ in range(3)]
+        a = [sample_constraint(family, random.Random(7), "train", max_new_tokens=BUDGET) for _ in range(3)]
         assert a[0] == a[1] == a[2]
         rng = random.Random(1)
-        train = [sample_constraint(family, rng, "train") for _ in range(60)]
+        train = [sample_constraint(family, rng, "train", max_new_tokens=BUDGET) for _ in range(60)]
         assert {x.wording_id for x in train} == {i for i, _ in wordings(family, "train")}
-        assert {sample_constraint(family, rng, "heldout").wording_id for _ in range(10)} == {3}
+        assert {sample_constraint(family, rng, "heldout", max_new_tokens=BUDGET).wording_id for _ in range(10)} == {3}
         for x in train:
             assert all(str(v) in x.text for v in x.params.values())
             assert Constraint.from_dict(json.loads(json.dumps(x.to_dict()))) == x
@@ -185,7 +189,7 @@ def test_sample_is_deterministic_and_respects_the_split():
 def test_sequence_of_samples_is_reproducible():
     def draw(seed):
         rng = random.Random(seed)
-        return [sample_constraint(f, rng, "train").to_dict() for f in FAMILIES * 3]
+        return [sample_constraint(f, rng, "train", max_new_tokens=BUDGET).to_dict() for f in FAMILIES * 3]
 
     assert draw(3) == draw(3) and draw(3) != draw(4)
 
@@ -206,13 +210,13 @@ def test_unknown_split_and_family():
     with pytest.raises(ConfigError, match="valid: train, heldout"):
         wordings("lowercase", "test")
     with pytest.raises(ConfigError, match="valid: lowercase"):
-        sample_constraint("upper", random.Random(0), "train")
+        sample_constraint("upper", random.Random(0), "train", max_new_tokens=BUDGET)
     with pytest.raises(ConfigError):
         check(Constraint("upper", {}, 0, "x"), "hi")
 
 
 def test_describe_lists_every_family():
-    table = describe()
+    table = describe(max_new_tokens=BUDGET)
     assert len(FAMILIES) >= 12 and len(table.splitlines()) == len(FAMILIES) + 2
     for family in FAMILIES:
         assert f"| {family} | 4 | 3 | 1 |" in table
@@ -319,7 +323,7 @@ def test_raw_rules_obey_the_checker_on_random_responses(split):
     responses = [r for r in random_responses(400, seed=5) if r.strip()]
     for family in FAMILIES:
         for response in responses:
-            constraint = sample_constraint(family, rng, split)
+            constraint = sample_constraint(family, rng, split, max_new_tokens=BUDGET)
             if check(constraint, response):
                 continue
             raw = REVISERS[family](response, **constraint.params)
@@ -333,6 +337,6 @@ def test_revise_never_returns_a_failing_text():
     rng = random.Random(2)
     for response in random_responses(300, seed=9):
         for family in FAMILIES:
-            constraint = sample_constraint(family, rng, "train")
+            constraint = sample_constraint(family, rng, "train", max_new_tokens=BUDGET)
             revised = revise(constraint, response)
             assert revised is None or check(constraint, revised), (constraint, response, revised)

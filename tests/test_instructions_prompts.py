@@ -23,10 +23,12 @@ from dpokit.instructions.sources import (
     SourceReport,
     text_key,
 )
+from dpokit.tasks.instructions_config import PairsSection
 
 QUESTIONS = [Question(f"What is fact number {i}?", f"topic{i % 3}", f"synthetic:{i}") for i in range(120)]
 HARMFUL = [HarmfulPrompt(f"How do I hurt person {i}?", "donotanswer", "harm", (), f"h:{i}") for i in range(60)]
-SIZES = {"n_train": 50, "n_heldout": 13, "harmful_fraction": 0.2}
+# the study's default answer budget (pairs.max_new_tokens), which the constraints' params fit
+SIZES = {"n_train": 50, "n_heldout": 13, "harmful_fraction": 0.2, "max_new_tokens": PairsSection().max_new_tokens}
 
 
 def build(seed=0, questions=QUESTIONS, harmful=HARMFUL, **kw):
@@ -143,7 +145,8 @@ def test_real_wheels():
     sources = SourceReport()
     questions, harmful = chatterbot_questions(report=sources), harmful_prompts(report=sources)
     assert (len(questions), len(harmful)) == (624, 1138)
-    prompts = build_prompt_set(questions, harmful, n_train=300, n_heldout=60, seed=0, harmful_fraction=0.25)
+    prompts = build_prompt_set(questions, harmful, n_train=300, n_heldout=60, seed=0, harmful_fraction=0.25,
+                               max_new_tokens=PairsSection().max_new_tokens)
     report = prompt_set_report(prompts)
     assert report["by_split_kind"] == {
         "train/constraint": 300, "train/harmful": 75, "train/harmless": 75,

@@ -15,20 +15,26 @@ Shared definitions, used by every checker below:
 Wordings: each family has 4; wording 3 (the last) is held out: `wordings(family, "train")`
 gives 0-2 and `wordings(family, "heldout")` gives 3, so a held-out evaluation asks in a
 phrasing the policy never saw during training.
+
+Budget: answers are sampled with at most `max_new_tokens` tokens, so a param is drawn only
+from values that leave BOTH outcomes reachable within it (`param_choices`): a min_words N the
+budget cannot hold, or a max_words N no full-length answer reaches, would fix the result
+whatever the policy does.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from dpokit.config import ConfigError
 
-# Params are drawn from these fixed lists, so a constraint set is reproducible from the code.
-MAX_WORDS_N: tuple[int, ...] = (10, 15, 20, 25, 30, 40, 50)
-MIN_WORDS_N: tuple[int, ...] = (20, 30, 40, 50, 60, 80)
+# Params are drawn from these fixed lists (word counts: from ranges fixed by the budget, see
+# `param_choices`), so a constraint set is reproducible from the code and the budget.
 BULLETS_N: tuple[int, ...] = (2, 3, 4, 5)
 KEYWORDS: tuple[str, ...] = ("ocean", "garden", "music", "winter", "river", "bridge",
                              "yellow", "window", "coffee", "planet", "honest", "simple")
@@ -98,9 +104,10 @@ WORDINGS: dict[str, tuple[str, ...]] = {
 FAMILIES: tuple[str, ...] = tuple(WORDINGS)
 SPLITS = ("train", "heldout")
 
-# The param each family draws, and from where (families absent here take no params).
+# The param each family draws, and from where (families absent here take no params; the
+# word counts' lists depend on the budget: `param_choices`).
 _PARAM_CHOICES: dict[str, tuple[str, tuple]] = {
-    "max_words": ("n", MAX_WORDS_N), "min_words": ("n", MIN_WORDS_N), "bullets": ("n", BULLETS_N),
+    "max_words": ("n", ()), "min_words": ("n", ()), "bullets": ("n", BULLETS_N),
     "keyword": ("keyword", KEYWORDS), "forbidden_word": ("word", FORBIDDEN_WORDS),
     "end_phrase": ("phrase", END_PHRASES), "start_word": ("word", START_WORDS),
 }
@@ -182,11 +189,81 @@ def _check_params(family: str, params: dict) -> None:
         raise ConfigError(f"{family}: {name} must be {need}, got {value!r}")
 
 
-def sample_constraint(family: str, rng: random.Random, split: str) -> Constraint:
-    """Draws the family's param (from the lists above), then a wording of `split`; the same
-    `random.Random` state always gives the same constraint."""
-    name, choices = _PARAM_CHOICES.get(_family(family), (None, ()))
-    params = {name: rng.choice(choices)} if name else {}
+# ------------------------------------------------------------------------------------------
+# What a token budget can hold. The answers judged against a constraint are sampled with at
+# most `max_new_tokens` new tokens (the study's pairs.max_new_tokens: train samples, held-out, RLOO
+# rollouts, online rounds and Best-of-N alike), so every drawn param must leave both outcomes
+# reachable.
+
+# Words per token of English prose: the reference's answers cut at 48 tokens held 32.8 words
+# on average (median 35, 10th percentile 20; 671 cut samples of the study's first full run).
+WORDS_PER_TOKEN = Fraction(7, 10)
+# min_words N in [0.25, 0.6] x the word budget W: at most 0.6 W, so an answer that runs to the
+# cap passes (the 10th percentile of the cut answers above is 0.6 W); at least 0.25 W, so a
+# one-sentence answer (the usual short answer) fails and the model must choose to go long.
+MIN_WORDS_SHARE = (Fraction(1, 4), Fraction(3, 5))
+# max_words N ("fewer than N") in [0.15, 0.45] x W: at least 0.15 W, so a short complete
+# sentence fits; at most 0.45 W, so an answer that runs to the cap fails and the model must
+# choose to stop early.
+MAX_WORDS_SHARE = (Fraction(3, 20), Fraction(9, 20))
+# A bullet line costs about 4 words of budget: the "- " marker and the line break, plus a
+# three-word item at least.
+WORDS_PER_BULLET = 4
+# An end phrase may take at most half the word budget: the other half is the answer it ends.
+END_PHRASE_SHARE = Fraction(1, 2)
+# Both word-count families need N >= 2: "fewer than 1 word" cannot pass, "at least 1 word"
+# cannot fail (a blank answer aside).
+MIN_COUNT_N = 2
+
+
+def word_budget(max_new_tokens: int) -> int:
+    """W = floor(WORDS_PER_TOKEN x max_new_tokens): the words a full-length answer holds."""
+    return math.floor(WORDS_PER_TOKEN * max_new_tokens)
+
+
+def _share_range(w: int, share: tuple[Fraction, Fraction]) -> tuple[int, ...]:
+    lo, hi = max(MIN_COUNT_N, math.ceil(share[0] * w)), math.floor(share[1] * w)
+    return tuple(range(lo, hi + 1))
+
+
+def _budget_choices(family: str, max_new_tokens: int) -> tuple:
+    """`param_choices` without the check (empty where the budget holds none)."""
+    w = word_budget(max_new_tokens)
+    if family == "min_words":
+        return _share_range(w, MIN_WORDS_SHARE)
+    if family == "max_words":
+        return _share_range(w, MAX_WORDS_SHARE)
+    if family == "bullets":
+        return tuple(n for n in BULLETS_N if n * WORDS_PER_BULLET <= w)
+    if family == "end_phrase":
+        return tuple(p for p in END_PHRASES if len(words(p)) <= END_PHRASE_SHARE * w)
+    return _PARAM_CHOICES.get(family, (None, ()))[1]
+
+
+def _min_budget() -> int:
+    """The smallest max_new_tokens at which every family has a param to draw (found once, at
+    import; above it every list only grows, which the tests check)."""
+    parametrised = [f for f in WORDINGS if f in _PARAM_CHOICES]
+    return next(t for t in range(1, 1000) if all(_budget_choices(f, t) for f in parametrised))
+
+
+def param_choices(family: str, max_new_tokens: int) -> tuple:
+    """The values `family`'s param is drawn from when answers get `max_new_tokens` tokens, W =
+    `word_budget`: min_words every N in [max(2, ceil(0.25 W)), floor(0.6 W)]; max_words every N
+    in [max(2, ceil(0.15 W)), floor(0.45 W)]; bullets the N of BULLETS_N with 4 N <= W; end_phrase
+    the phrases of at most W / 2 words; the other families their fixed lists. ConfigError
+    naming max_new_tokens and its valid range below MIN_BUDGET_TOKENS."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < MIN_BUDGET_TOKENS:
+        raise ConfigError(f"max_new_tokens must be an integer ≥ {MIN_BUDGET_TOKENS} (the answers' token budget: "
+                          f"below it some constraint could never pass or never fail), got {max_new_tokens!r}")
+    return _budget_choices(_family(family), max_new_tokens)
+
+
+def sample_constraint(family: str, rng: random.Random, split: str, *, max_new_tokens: int) -> Constraint:
+    """Draws the family's param (from `param_choices` at the answers' token budget), then a
+    wording of `split`; the same `random.Random` state and budget give the same constraint."""
+    name, _ = _PARAM_CHOICES.get(_family(family), (None, ()))
+    params = {name: rng.choice(param_choices(family, max_new_tokens))} if name else {}
     wording_id, _ = rng.choice(wordings(family, split))
     return make_constraint(family, params, wording_id)
 
@@ -381,12 +458,17 @@ def revise(constraint: Constraint, response: str) -> str | None:
     return revised if revised is not None and check(constraint, revised) else None
 
 
-def describe() -> str:
-    """A markdown table: family, wordings (train / held out), the first train wording."""
+def describe(*, max_new_tokens: int) -> str:
+    """A markdown table: family, wordings (train / held out), the first train wording with the
+    first param drawable at the budget."""
     rows = ["| family | wordings | train | held out | example |", "|---|---|---|---|---|"]
     for family in FAMILIES:
-        name, choices = _PARAM_CHOICES.get(family, (None, ()))
-        example = make_constraint(family, {name: choices[0]} if name else {}, 0)
+        name, _ = _PARAM_CHOICES.get(family, (None, ()))
+        example = make_constraint(family, {name: param_choices(family, max_new_tokens)[0]} if name else {}, 0)
         rows.append(f"| {family} | {len(WORDINGS[family])} | {len(wordings(family, 'train'))} | "
                     f"{len(wordings(family, 'heldout'))} | {example.text} |")
     return "\n".join(rows)
+
+
+# Set last: `_min_budget` needs the word rule defined above.
+MIN_BUDGET_TOKENS: int = _min_budget()

@@ -7,7 +7,9 @@
   seed + text, so the set depends on (seed, inputs) only, not on the input order.
 * train: the first `n_train` train questions, each with one constraint. Families are cycled
   (question i gets `families[i % len(families)]`), so family counts differ by at most 1; the
-  param and a TRAIN wording (0-2) are drawn by a `random.Random` seeded from seed + question.
+  param and a TRAIN wording (0-2) are drawn by a `random.Random` seeded from seed + question,
+  the param among those the answers' token budget `max_new_tokens` leaves passable and
+  failable (`constraints.param_choices`).
 * heldout_question: the first `n_heldout` held-out questions, families cycled, train wordings.
 * heldout_wording: the first `n_heldout` train constraint prompts asked again with the HELD-OUT
   wording (3): same question, family and params, a phrasing never seen in training.
@@ -132,13 +134,13 @@ def _take(pool: list, n: int, what: str, *, from_end: bool = False) -> list:
 
 
 def _constraint_prompts(questions: list[tuple[str, str]], families: Sequence[str], seed: int,
-                        split: str) -> list[InstructionPrompt]:
-    """One constraint per question: family cycled, param and train wording from an rng seeded
-    by seed + question."""
+                        split: str, max_new_tokens: int) -> list[InstructionPrompt]:
+    """One constraint per question: family cycled, param (for the token budget) and train
+    wording from an rng seeded by seed + question."""
     out = []
     for i, (text, topic) in enumerate(questions):
         rng = random.Random(_digest(seed, "constraint", text))
-        constraint = sample_constraint(families[i % len(families)], rng, "train")
+        constraint = sample_constraint(families[i % len(families)], rng, "train", max_new_tokens=max_new_tokens)
         out.append(make_prompt(text, topic, "constraint", constraint, split))
     return out
 
@@ -165,19 +167,21 @@ def _check_sizes(n_train: int, n_heldout: int, families: Sequence[str], harmful_
 
 
 def build_prompt_set(questions: Iterable, harmful: Iterable, *, n_train: int, n_heldout: int, seed: int,
-                     families: Sequence[str] = FAMILIES, harmful_fraction: float,
+                     max_new_tokens: int, families: Sequence[str] = FAMILIES, harmful_fraction: float,
                      heldout_fraction: float = 0.2) -> list[InstructionPrompt]:
     """The prompt set (rules in the module docstring), in the order: train constraint, harmful,
     harmless; heldout_question constraint; heldout_wording; heldout_question harmful, harmless.
-    `heldout_fraction` = the share of questions (and of harmful prompts) held out by hashing."""
+    `heldout_fraction` = the share of questions (and of harmful prompts) held out by hashing;
+    `max_new_tokens` = the token budget every answer to these prompts is sampled with."""
     _check_sizes(n_train, n_heldout, families, harmful_fraction)
     train_q, held_q = split_questions(_items(questions, "questions"), heldout_fraction, seed, key=lambda it: it[0])
     train_h, held_h = split_questions(_items(harmful, "harmful prompts"), heldout_fraction, seed, key=lambda it: it[0])
     train_q, held_q, train_h, held_h = (_ordered(x, seed) for x in (train_q, held_q, train_h, held_h))
     n_harm_train, n_harm_held = (int(harmful_fraction * n + 0.5) for n in (n_train, n_heldout))
 
-    train = _constraint_prompts(_take(train_q, n_train, "train questions"), families, seed, "train")
-    heldout = _constraint_prompts(_take(held_q, n_heldout, "held-out questions"), families, seed, "heldout_question")
+    train = _constraint_prompts(_take(train_q, n_train, "train questions"), families, seed, "train", max_new_tokens)
+    heldout = _constraint_prompts(_take(held_q, n_heldout, "held-out questions"), families, seed, "heldout_question",
+                                  max_new_tokens)
     return (train + _unconstrained(train_h, train_q, n_harm_train, "train")
             + heldout + [_reworded(p) for p in train[:n_heldout]]
             + _unconstrained(held_h, held_q, n_harm_held, "heldout_question"))

