@@ -79,6 +79,10 @@ class FrontierConfig(SentimentConfig):
     bon: BestOfNStage = field(default_factory=BestOfNStage)
     stability: StabilityStage = field(default_factory=StabilityStage)
     implicit: ImplicitRewardStage = field(default_factory=ImplicitRewardStage)
+    # false: a run that is only evaluated (DPO, Preferred-FT, the implicit-reward study) loses its
+    # checkpoints and final model once its points are taken (~0.5 GB per model at 135M in fp32;
+    # a checkpoint with its optimizer state ~1.6 GB). The reward model is kept: later runs load it.
+    keep_weights: bool = True
     objectives: ClassVar[tuple[str, ...]] = ("dpo",)  # each run's objective is the sweep's to decide
 
     def validate(self, given: set[str] | None = None) -> None:

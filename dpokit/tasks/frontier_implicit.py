@@ -30,6 +30,7 @@ from pathlib import Path
 
 from dpokit.eval.calibration import spearman
 from dpokit.tasks import sentiment as st
+from dpokit.tasks.frontier_methods import drop_weights
 from dpokit.tasks.frontier_runs import file_digest, key_of, settings_of
 
 
@@ -74,12 +75,12 @@ def implicit_study(sw) -> list[dict] | None:
                 save_every=max(1, s.steps // s.points), keep_checkpoints=0,
             )
             key = key_of(sw.base, settings_of(cfg), file_digest(data))
-            done = sw.runs.run(name, key, partial(_implicit_run, cfg, beta, pool, sw.evaluator))
+            done = sw.runs.run(name, key, partial(_implicit_run, cfg, beta, pool, sw.evaluator, sw.cfg.keep_weights))
             rows += done["rows"]
     return rows
 
 
-def _implicit_run(cfg, beta: float, pool: int, evaluator) -> dict:
+def _implicit_run(cfg, beta: float, pool: int, evaluator, keep_weights: bool = True) -> dict:
     from dpokit.eval import policy_eval as pe
     from dpokit.models import load_model
     from dpokit.train.loop import train
@@ -98,6 +99,8 @@ def _implicit_run(cfg, beta: float, pool: int, evaluator) -> dict:
         rows.append({"beta": beta, "pairs": pool, "step": step, "pairs_seen": seen, "epochs": seen / pool, **rho})
         evaluator.stage(f"  β={beta} pool {pool} step {step} ({seen / pool:.2f} epochs): ρ {_fmt(rho['spearman'])}, "
                         f"per token {_fmt(rho['spearman_per_token'])}")
+    if not keep_weights:
+        drop_weights(cfg.output_dir)
     return {"rows": rows}
 
 

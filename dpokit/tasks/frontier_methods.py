@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +45,17 @@ class Sweep:
 def point(method, setting, step, kl, reward_mean, ci, win_rate, n, elapsed_s, **extra) -> dict:
     return {"method": method, "setting": setting, "step": int(step), "kl": float(kl), "reward_mean": float(reward_mean),
             "reward_ci95": [float(c) for c in ci], "win_rate": win_rate, "n": int(n), "elapsed_s": float(elapsed_s), **extra}
+
+
+def drop_weights(train_dir: str | Path) -> None:
+    """`keep_weights: false`: delete a run's checkpoints and final model once its points are
+    taken. Its result (frontier_run.json) is all that `--resume` reuses, so the sweep loses
+    nothing; the run's metrics, config and summary files stay."""
+    from dpokit.train.checkpoint import list_checkpoints
+
+    for folder in [*list_checkpoints(Path(train_dir)), Path(train_dir) / "final"]:
+        if folder.exists():
+            shutil.rmtree(folder)
 
 
 def eval_steps(total: int, points: int) -> list[int]:
@@ -137,10 +149,10 @@ def dpo(sw: Sweep, beta: float, at: list[int], seed: int | None = None) -> dict:
         seed=sw.cfg.seed if seed is None else seed,
     )
     key = key_of(sw.base, settings_of(dpo_cfg), file_digest(dpo_cfg.data), at)
-    return sw.runs.run(name, key, partial(_dpo_run, dpo_cfg, beta, sw.evaluator))
+    return sw.runs.run(name, key, partial(_dpo_run, dpo_cfg, beta, sw.evaluator, sw.cfg.keep_weights))
 
 
-def _dpo_run(dpo_cfg, beta: float, evaluator) -> dict:
+def _dpo_run(dpo_cfg, beta: float, evaluator, keep_weights: bool = True) -> dict:
     from dpokit.models import load_model
     from dpokit.train.loop import train
 
@@ -154,6 +166,8 @@ def _dpo_run(dpo_cfg, beta: float, evaluator) -> dict:
         # Steps take near-equal time, so an intermediate point's cost is prorated.
         points.append(evaluator(policy, "dpo", f"β={beta}", step, seconds * step / steps))
         implicit.append({"beta": beta, "step": step, "spearman": evaluator.implicit_reward_spearman(policy, beta)})
+    if not keep_weights:
+        drop_weights(dpo_cfg.output_dir)
     return {"points": points, "implicit": implicit}
 
 
@@ -169,6 +183,8 @@ def _preferred_ft_run(cfg: FrontierConfig, run_dir: Path, evaluator) -> dict:
     final = Path(st.run_sft(cfg, run_dir, evaluator.stage, purpose="as a frontier point"))
     summary = json.loads((final / "train_summary.json").read_text())
     point = evaluator(load_model(final)[0], "preferred-ft", f"lr={cfg.sft.lr:g}", summary["steps"], summary["train_seconds"])
+    if not cfg.keep_weights:
+        drop_weights(final.parent)
     return {"point": point}
 
 
