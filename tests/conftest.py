@@ -1,6 +1,10 @@
 """Shared fixtures. Keep this small: most tests build their own tiny models."""
 
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +31,26 @@ def tiny_dirs(tmp_path_factory):
     rm, tok = build_reward_model(root / "lm")
     save_reward_model(rm, tok, root / "rm")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_pairs(tmp_path_factory):
+    """`tiny_lm_pairs(n_eval)` → (root, train file, eval file): a tiny causal LM in `root/lm`,
+    the first 9 pairs of examples/pairs.jsonl to train on and the next `n_eval` to evaluate.
+    For the multi-process tests (DDP, FSDP): 9 train pairs at a global batch of 4 make steps of
+    4, 4, 1 pairs, so in the last step rank 1 of 2 has no pair; each picks its eval split."""
+    from dpokit.testing import tiny_model, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_lm")
+    tiny_model().save_pretrained(root / "lm")
+    tiny_tokenizer().save_pretrained(root / "lm")
+    lines = (ROOT / "examples" / "pairs.jsonl").read_text().splitlines(keepends=True)
+    train = root / "train.jsonl"
+    train.write_text("".join(lines[:9]))
+
+    def make(n_eval: int) -> tuple[Path, str, str]:
+        evals = root / f"eval-{n_eval}.jsonl"
+        evals.write_text("".join(lines[9:9 + n_eval]))
+        return root, str(train), str(evals)
+
+    return make

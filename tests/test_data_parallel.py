@@ -95,21 +95,10 @@ def test_shipped_accelerate_configs_parse_and_say_what_they_are():
 
 
 # -- two processes against one ------------------------------------------------------------------
-def _pairs(path: Path, lines: list[str]) -> str:
-    path.write_text("".join(lines))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from dpokit.testing import tiny_model, tiny_tokenizer
-
-    root = tmp_path_factory.mktemp("dp")
-    tiny_model().save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    lines = (ROOT / "examples" / "pairs.jsonl").read_text().splitlines(keepends=True)
-    # 9 train pairs: steps of 4, 4, 1 pairs; in the last step rank 1 has no pair at all.
-    return root, _pairs(root / "train.jsonl", lines[:9]), _pairs(root / "eval.jsonl", lines[9:13])
+def tiny_lm(tiny_lm_pairs):
+    """(root, train, eval): the shared tiny LM and 9 train pairs (conftest.tiny_lm_pairs), 4 eval pairs."""
+    return tiny_lm_pairs(4)
 
 
 def _run(args: list[str], cwd: Path, processes: int) -> None:

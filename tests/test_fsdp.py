@@ -16,22 +16,17 @@ from safetensors import safe_open
 from dpokit import accel
 from dpokit.config import ConfigError, LoraConfig, TrainConfig
 from dpokit.train import checkpoint as ckpt
-from test_data_parallel import ROOT, _labelled, _pairs, _relative_weight_diff, _train_records
+from test_data_parallel import ROOT, _labelled, _relative_weight_diff, _train_records
 
 FSDP_CONFIG = ROOT / "dpokit" / "configs" / "accelerate" / "fsdp.yaml"
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from dpokit.testing import tiny_model, tiny_tokenizer
-
-    root = tmp_path_factory.mktemp("fsdp")
-    tiny_model().save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    lines = (ROOT / "examples" / "pairs.jsonl").read_text().splitlines(keepends=True)
-    # 9 train pairs: steps of 4, 4, 1 pairs; in the last step rank 1 has no pair and runs a
-    # filler pass. 5 eval pairs at batch 2: rank 0 has 2 micro-batches, rank 1 one (+ a filler).
-    return root, _pairs(root / "train.jsonl", lines[:9]), _pairs(root / "eval.jsonl", lines[9:14])
+def tiny_lm(tiny_lm_pairs):
+    """(root, train, eval): the shared tiny LM and 9 train pairs (conftest.tiny_lm_pairs; in the
+    last step rank 1 has no pair and runs a filler pass). 5 eval pairs at batch 2: rank 0 has 2
+    micro-batches, rank 1 one (+ a filler)."""
+    return tiny_lm_pairs(5)
 
 
 def _run(args: list[str], cwd: Path, processes: int) -> None:
