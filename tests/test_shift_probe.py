@@ -164,6 +164,22 @@ def test_verdict_localised_lowrank_spread_undetermined():
     assert verdict(SWEEP + groups, group_r=1, min_r=1, threshold=0.95)["label"] == "spread"
 
 
+def test_verdict_counts_only_probes_within_the_full_fine_tunes_kl():
+    # full KL 2.0 -> budget 2.2 nats (10% slack): reward bought with more KL does not count
+    kl = lambda p, k: {**p, "kl": k}
+    top = _p("lora-top-third-r1", "top_third", 1, 1.2, 0.85, 1.9)
+    att = _p("lora-attention-r1", "attention", 1, 1.8, 1.3, 2.9)
+    sweep = [kl(_p("lora-r1", "all", 1, 2.1, 1.5, 3.5), 6.5), kl(_p("lora-r4", "all", 4, 0.9, 0.85, 1.0), 2.1)]
+    v = verdict(sweep + [kl(att, 3.7), kl(top, 1.4)], group_r=1, min_r=1, full_kl=2.0)
+    assert v["kl_budget"] == pytest.approx(2.2) and v["over_budget"] == ["lora-r1", "lora-attention-r1"]
+    assert (v["label"], v["firm"], v["deciding"]) == ("localised", True, ["lora-top-third-r1"])  # not attention
+    assert v["smallest_rank_reaching"] == 4 and "2.2 nats" in v["rule"]  # r = 1 is over budget
+    v = verdict(sweep + [kl(att, 3.7), kl(top, 2.5)], group_r=1, min_r=1, full_kl=2.0)
+    assert v["label"] == "spread" and set(v["over_budget"]) == {"lora-r1", "lora-attention-r1", "lora-top-third-r1"}
+    # without a budget (or without the probes' KL) the rule is the reward-only one
+    assert verdict(sweep + [kl(att, 3.7), kl(top, 2.5)], group_r=1, min_r=1)["deciding"] == ["lora-attention-r1"]
+
+
 # -- the headline of a shift report, and a planted shift it must place -------------------------------
 def _planted(layers: int = 6, layer: int = 5, module: str = "down_proj", scale: float = 20.0):
     from dpokit.testing import tiny_model

@@ -82,34 +82,50 @@ def per_prompt_means(rewards: Sequence[Sequence[float]]) -> list[float]:
 
 
 # -- the verdict ------------------------------------------------------------------------------
-def verdict_rule(threshold: float, group_r: int, min_r: int) -> str:
+KL_SLACK = 0.1  # a probe may spend up to 10% more KL than the full fine-tune and still count as matched
+
+
+def verdict_rule(threshold: float, group_r: int, min_r: int, kl_budget: float | None = None) -> str:
     pct = f"{threshold:.0%}"
+    budget = ("" if kl_budget is None else
+              f" A probe counts as recovering only within the full fine-tune's KL (≤ {kl_budget:.3g} nats, its KL + "
+              f"{KL_SLACK:.0%}): reward bought with more KL says nothing about where the full fine-tune's change lives.")
     return (f"localised: a rank-{group_r} adapter on one group alone (attention, MLP, bottom or top third) recovers "
             f"≥ {pct} of the full fine-tune's reward gain; low-rank: not localised, but rank {min_r} on every module "
             f"recovers ≥ {pct}; spread: neither. On point estimates; firm when the deciding 95% intervals lie on the "
-            f"same side of {pct}, else tentative; undetermined when the full fine-tune's gain is not significant.")
+            f"same side of {pct}, else tentative; undetermined when the full fine-tune's gain is not significant."
+            + budget)
 
 
-def verdict(probes: list[dict], *, threshold: float = DEFAULT_THRESHOLD, group_r: int, min_r: int) -> dict:
-    """Apply `verdict_rule` to probes {"name", "group", "r", "share", "ci95"} (share_of_gain's).
+def verdict(probes: list[dict], *, threshold: float = DEFAULT_THRESHOLD, group_r: int, min_r: int,
+            full_kl: float | None = None) -> dict:
+    """Apply `verdict_rule` to probes {"name", "group", "r", "share", "ci95"[, "kl"]} (share_of_gain's).
 
+    With `full_kl` (the full fine-tune's KL), a probe reaches the threshold only if also
+    kl ≤ (1 + KL_SLACK)·full_kl: the question is whether a low-rank adapter buys the same reward
+    at the same distance from the reference, not whether it can buy more reward by moving further
+    (a probe over the budget that stays below the threshold is still evidence of "spread").
     Returns {label: localised | low-rank | spread | undetermined, firm, deciding (probe names),
-    rule, smallest_rank_reaching (all modules; None if none did)}."""
-    rule = verdict_rule(threshold, group_r, min_r)
+    rule, smallest_rank_reaching (all modules; None if none did), kl_budget, over_budget (names)}."""
+    budget = None if full_kl is None else (1 + KL_SLACK) * max(full_kl, 0.0)
+    rule = verdict_rule(threshold, group_r, min_r, budget)
+    within = lambda p: budget is None or p.get("kl") is None or p["kl"] <= budget
+    reaches = lambda p: p["share"] is not None and p["share"] >= threshold and within(p)
     groups = [p for p in probes if p["group"] != "all" and p["r"] == group_r]
     sweep = sorted((p for p in probes if p["group"] == "all"), key=lambda p: p["r"])
     base = next((p for p in sweep if p["r"] == min_r), None)
     out = {"label": "undetermined", "firm": False, "deciding": [], "rule": rule, "threshold": threshold,
-           "smallest_rank_reaching": next((p["r"] for p in sweep if p["share"] is not None and p["share"] >= threshold), None)}
+           "kl_budget": budget, "over_budget": [p["name"] for p in probes if not within(p)],
+           "smallest_rank_reaching": next((p["r"] for p in sweep if reaches(p)), None)}
     if any(p["share"] is None for p in groups + sweep):
         return out
-    reached = [p for p in groups if p["share"] >= threshold]
+    reached = [p for p in groups if reaches(p)]
     below = lambda p: p["ci95"][1] < threshold
     above = lambda p: p["ci95"][0] >= threshold
     if reached:
         best = max(reached, key=lambda p: p["share"])
         out.update(label="localised", deciding=[best["name"]], firm=above(best))
-    elif base is not None and base["share"] >= threshold:
+    elif base is not None and reaches(base):
         out.update(label="low-rank", deciding=[base["name"]] + [p["name"] for p in groups],
                    firm=above(base) and all(below(p) for p in groups))
     else:

@@ -168,8 +168,9 @@ def run(cfg: LowRankConfig, log=print, resume: bool = False) -> dict:
                        lora=lora_of(spec, p.alpha_per_rank), lr=p.lr)
         share = share_of_gain(ref_means, per_prompt_means(run_["heldout_rewards"]), full_means)
         rows.append(probe_row(spec, run_, adapter_check(run_["final_dir"], spec, s.ref_model, p.alpha_per_rank), share))
-    decision = verdict([{"name": r["probe"], "group": r["group"], "r": r["r"], "share": r["share"], "ci95": r["share_ci95"]}
-                        for r in rows], threshold=p.threshold, group_r=p.group_r, min_r=min(p.ranks))
+    decision = verdict([{"name": r["probe"], "group": r["group"], "r": r["r"], "share": r["share"], "ci95": r["share_ci95"],
+                         "kl": r["point"]["kl"]} for r in rows],
+                       threshold=p.threshold, group_r=p.group_r, min_r=min(p.ranks), full_kl=full["point"]["kl"])
     full_gain = share_of_gain(ref_means, full_means, full_means)
     shift = inspect_full(s, cfg, full["final_dir"]) if cfg.inspect.enabled else None
     reference = s.reference_point()

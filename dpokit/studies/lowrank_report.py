@@ -67,6 +67,9 @@ def findings_md(decision: dict, rows: list[dict]) -> str:
         best = max(groups, key=lambda r: r["share"])
         lines.append(f"- Best single group: {best['probe']} with {_share(best)} of the gain at KL "
                      f"{fmt(best['point']['kl'], 2)}, {best['params_saved']:,} trainable parameters.")
+    if decision.get("over_budget"):
+        lines.append(f"- Over the KL budget ({fmt(decision['kl_budget'], 2)} nats), so not counted as recovering: "
+                     f"{', '.join(decision['over_budget'])}.")
     return "\n".join(lines) + "\n"
 
 
