@@ -61,7 +61,7 @@ class ProbeStage:
     ranks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # the rank sweep (every module)
     group_r: int = ranged(1, ge=1)  # rank of the single-group probes
     groups: list[str] = field(default_factory=lambda: list(PLACE_GROUPS))
-    lr: float = ranged(3.0e-4, gt=0)  # the probes' learning rate (the full fine-tune trains at `lr`)
+    lr: float = ranged(3.0e-3, gt=0)  # the probes' learning rate (the full fine-tune trains at `lr`)
     alpha_per_rank: int = ranged(2, ge=1, note="lora.alpha = alpha_per_rank · r: scale α/r equal at every rank")
     threshold: float = ranged(DEFAULT_THRESHOLD, gt=0)  # share of the full gain the verdict asks for, ≤ 1
 
