@@ -138,3 +138,20 @@ def test_layer_lists_in_the_report():
     assert _ranges([8, 0, 1, 2, 5, 7]) == "0–2, 5, 7–8" and _ranges([]) == "" and _ranges([3]) == "3"
     assert _span(list(range(30)), 30) == "all" and _span(list(range(20, 30)), 30) == "20–29" and _span([3], 4) == "3"
     assert _span([0, 2], 4) == "0,2"
+
+
+def test_best_group_line_is_judged_within_the_kl_budget():
+    from dpokit.studies.lowrank_report import findings_md
+
+    def row(name, share, kl):
+        return {"probe": name, "group": name, "r": 1, "share": share, "share_ci95": [share - 0.1, share + 0.1],
+                "point": {"kl": kl}, "params_saved": 10}
+
+    rows = [row("lora-attention-r1", 1.8, 3.7), row("lora-top-third-r1", 1.2, 1.4)]
+    decision = {"label": "localised", "firm": True, "deciding": ["lora-top-third-r1"], "rule": "r", "threshold": 0.8,
+                "smallest_rank_reaching": None, "kl_budget": 1.99, "over_budget": ["lora-attention-r1"]}
+    text = findings_md(decision, rows)
+    assert "Best single group within the KL budget: lora-top-third-r1" in text
+    assert "not counted as recovering: lora-attention-r1." in text
+    # with no probe over the budget the larger share wins
+    assert "budget: lora-attention-r1 with" in findings_md({**decision, "over_budget": []}, rows)

@@ -62,10 +62,12 @@ def findings_md(decision: dict, rows: list[dict]) -> str:
     reach = decision["smallest_rank_reaching"]
     lines.append(f"- Smallest rank on every module reaching {decision['threshold']:.0%} of the full gain: "
                  f"{reach if reach is not None else 'none of the ranks tried'}.")
+    over = set(decision.get("over_budget") or [])
     groups = [r for r in rows if r["group"] != "all" and r["share"] is not None]
-    if groups:
-        best = max(groups, key=lambda r: r["share"])
-        lines.append(f"- Best single group: {best['probe']} with {_share(best)} of the gain at KL "
+    within = [r for r in groups if r["probe"] not in over]  # the best group is judged like the verdict: within the KL budget
+    if within:
+        best = max(within, key=lambda r: r["share"])
+        lines.append(f"- Best single group within the KL budget: {best['probe']} with {_share(best)} of the gain at KL "
                      f"{fmt(best['point']['kl'], 2)}, {best['params_saved']:,} trainable parameters.")
     if decision.get("over_budget"):
         lines.append(f"- Over the KL budget ({fmt(decision['kl_budget'], 2)} nats), so not counted as recovering: "
