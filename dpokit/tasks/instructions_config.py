@@ -115,6 +115,10 @@ class RLOOSection:
     k: int = ranged(4, ge=2)
     lr: float = ranged(3.0e-5, gt=0)
     points: int = ranged(2, ge=1)
+    # where both RLOO runs start, and the model their KL penalty is to: "reference" = the study's
+    # model; "preferred-ft" = the Preferred-FT model (the SFT model of the RLHF pipeline,
+    # Ouyang et al. 2022, sec. 3.5: RL starts from it, KL to it), the start DPO has with dpo.start
+    start: str = "reference"
 
 
 @dataclass
@@ -186,16 +190,18 @@ class InstructionsConfig(TrainConfig):
         self._validate_online()
 
     def _validate_start(self) -> None:
-        if self.dpo.start not in DPO_STARTS:
-            raise ConfigError(f"dpo.start: {self.dpo.start!r} is not one of {', '.join(DPO_STARTS)}")
-        if self.dpo.start != "preferred-ft":
-            return
-        if not self.preferred_ft.enabled:
-            raise ConfigError("dpo.start=preferred-ft needs the Preferred-FT run: set preferred_ft.enabled=true")
-        if self.ref_model:
-            raise ConfigError(f"dpo.start=preferred-ft anchors DPO to the Preferred-FT model; ref_model={self.ref_model} "
-                              "would replace it: remove ref_model")
-        if self.online.rounds > 1:
+        for name, start in (("dpo", self.dpo.start), ("rloo", self.rloo.start)):
+            if start not in DPO_STARTS:
+                raise ConfigError(f"{name}.start: {start!r} is not one of {', '.join(DPO_STARTS)}")
+            if start != "preferred-ft":
+                continue
+            if not self.preferred_ft.enabled:
+                raise ConfigError(f"{name}.start=preferred-ft needs the Preferred-FT run: set preferred_ft.enabled=true")
+            if self.ref_model:
+                what = "DPO" if name == "dpo" else "RLOO's KL penalty"
+                raise ConfigError(f"{name}.start=preferred-ft anchors {what} to the Preferred-FT model; "
+                                  f"ref_model={self.ref_model} would replace it: remove ref_model")
+        if self.dpo.start == "preferred-ft" and self.online.rounds > 1:
             # the online rounds start from and anchor to the study's model: not comparable
             raise ConfigError("dpo.start=preferred-ft with online.rounds > 1: the online rounds start from the study's "
                               "model, not from Preferred-FT; use dpo.start=reference")
