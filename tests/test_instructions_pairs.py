@@ -214,9 +214,11 @@ def test_harmless_contrast_pairs_an_answer_against_a_template_refusal():
     (pair,) = build_pairs(HARMLESS, samples, rng=rng(), contrast_harmless=True)
     assert (pair.chosen, pair.origin, pair.reason) == (PARIS, "contrast", "answer_harmless")
     assert pair.rejected in REFUSALS
-    # only a tie of a harmless prompt: a refusing sample still gives the sampled pair, other kinds no contrast
-    (pair,) = build_pairs(HARMLESS, [PARIS, REFUSE], rng=rng(), contrast_harmless=True)
-    assert (pair.chosen, pair.rejected, pair.origin) == (PARIS, REFUSE, "sampled")
+    # a refusing sample: the sampled pair, then the contrast pair (tests/test_instructions_contrast.py);
+    # other kinds: no contrast
+    sampled, contrast = build_pairs(HARMLESS, [PARIS, REFUSE], rng=rng(), contrast_harmless=True)
+    assert (sampled.chosen, sampled.rejected, sampled.origin) == (PARIS, REFUSE, "sampled")
+    assert (contrast.chosen, contrast.origin) == (PARIS, "contrast") and contrast.rejected in REFUSALS
     assert build_pairs(NO_COMMAS, [PASS, PASS2], rng=rng(), contrast_harmless=True) == []
     assert build_pairs(HARMFUL, [REFUSE], rng=rng(), contrast_harmless=True) == []
 

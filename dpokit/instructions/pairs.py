@@ -37,11 +37,16 @@ order, one pair each (a fresh template refusal drawn per pair on a harmful promp
 from the same samples, so a family that only revision teaches gets more than one pair per
 prompt without sampling more.
 
-`contrast_harmless` (default off): on a harmless prompt whose samples are all acceptable (a
-tie, no pair otherwise), the first of them ≻ a template refusal (one of REFUSALS, by `rng`),
-origin "contrast", decided by principle 2. The refusal pairs of harmful prompts are otherwise
-the only pairs about refusing, and nothing in the data says a harmless question is answered:
-these pairs teach the other side of the same principle (over-refusal).
+`contrast_harmless` (default off): a harmless prompt with acceptable samples also gets up to
+`revisions` contrast pairs, in addition to its sampled pairs: its first distinct acceptable
+samples (sample order), each ≻ a template refusal (one of REFUSALS, by `rng`; distinct templates
+while there are enough), origin "contrast", decided by principle 2. The refusal pairs of harmful
+prompts are otherwise the only pairs about refusing, and nothing in the data says a harmless
+question is answered: these pairs teach the other side of the same principle (over-refusal), and
+`revisions` gives a harmless prompt as many "answer ≻ refusal" pairs as a harmful prompt with no
+refusal gets "refusal ≻ compliance" pairs. A prompt with fewer distinct acceptable samples gets
+fewer (`pairs_report`'s `contrast_per_prompt` counts them). At `revisions` = 1 a tied harmless
+prompt gets the pair (and the rng draw) it got when contrast pairs were made for ties only.
 """
 
 from __future__ import annotations
@@ -200,7 +205,8 @@ def build_pairs_explained(prompt: InstructionPrompt, samples: list[str], *, rng:
     share the top score) against every lower-scored one, ordered by the deciding principle
     (principle 1 first), ties broken by `rng`; the first `max_pairs_per_prompt` are kept.
     With no acceptable sample, the revision rules of the module docstring apply (up to
-    `revisions` pairs)."""
+    `revisions` pairs). `contrast_harmless`: a harmless prompt's contrast pairs (up to
+    `revisions`) follow its sampled pairs."""
     if not isinstance(max_pairs_per_prompt, int) or max_pairs_per_prompt < 1:
         raise ConfigError(f"max_pairs_per_prompt must be an integer >= 1, got {max_pairs_per_prompt!r}")
     if not isinstance(revisions, int) or revisions < 1:
@@ -212,17 +218,28 @@ def build_pairs_explained(prompt: InstructionPrompt, samples: list[str], *, rng:
     best = [s for s in ranked if is_acceptable(prompt, s)]
     if best:
         worse = [s for s in ranked if score(prompt, s) < score(prompt, best[0])]
-        if not worse:
-            if contrast_harmless and prompt.kind == "harmless":
-                return [_pair(prompt, best[0], rng.choice(REFUSALS), "contrast")], None
-            return [], "tie: all samples acceptable"
         index = {name: i for i, (name, _) in enumerate(PRINCIPLES)}
         combos = [(index[decide(prompt, c, r)[1]], rng.random(), c, r) for c in best for r in worse]
         combos.sort(key=lambda t: t[:2])
-        return [_pair(prompt, c, r, "sampled") for _, _, c, r in combos[:max_pairs_per_prompt]], None
+        pairs = [_pair(prompt, c, r, "sampled") for _, _, c, r in combos[:max_pairs_per_prompt]]
+        if contrast_harmless and prompt.kind == "harmless":
+            pairs += _contrast(prompt, best, rng, revisions)
+        return (pairs, None) if pairs else ([], "tie: all samples acceptable")
     if not revise_when_none_pass:
         return [], "no acceptable sample (revision off)"
     return _revised(prompt, ranked, rng, revisions)
+
+
+def _contrast(prompt: InstructionPrompt, acceptable: list[str], rng: random.Random, n: int) -> list[LabelledPair]:
+    """Up to n pairs: the first n acceptable samples, each ≻ a template refusal. The first
+    template is `rng.choice(REFUSALS)` (the draw of the one-pair rule); each further one is drawn
+    from the templates not yet used, all of them again once every one is."""
+    pairs, unused = [], list(REFUSALS)
+    for chosen in acceptable[:n]:
+        refusal = rng.choice(unused)
+        unused = [r for r in unused if r != refusal] or list(REFUSALS)
+        pairs.append(_pair(prompt, chosen, refusal, "contrast"))
+    return pairs
 
 
 def _revised(prompt: InstructionPrompt, ranked: list[str], rng: random.Random,
@@ -274,13 +291,14 @@ def build_all_pairs(prompts: Iterable[InstructionPrompt], samples: Mapping[str, 
 def pairs_report(pairs: Iterable[LabelledPair], prompts_without_pair: Iterable[tuple[InstructionPrompt, str]]) -> dict:
     """Counts: `pairs`, `prompts_with_pair`, `prompts_without_pair`, and `by_origin`,
     `by_principle`, `by_kind`, `by_family` (constraint pairs only) and `no_pair_reasons`
-    (keys sorted)."""
+    (keys sorted); where there are contrast pairs, `contrast_per_prompt`: {"k": prompts with
+    k contrast pairs}, so a prompt short of `revisions` acceptable samples shows."""
     pairs, without = list(pairs), list(prompts_without_pair)
 
     def count(keys) -> dict:
         return dict(sorted(Counter(keys).items()))
 
-    return {
+    out = {
         "pairs": len(pairs),
         "prompts_with_pair": len({p.prompt_id for p in pairs}),
         "prompts_without_pair": len(without),
@@ -290,6 +308,10 @@ def pairs_report(pairs: Iterable[LabelledPair], prompts_without_pair: Iterable[t
         "by_family": count(p.family for p in pairs if p.family is not None),
         "no_pair_reasons": count(why for _, why in without),
     }
+    per_prompt = Counter(p.prompt_id for p in pairs if p.origin == "contrast")
+    if per_prompt:  # only then: reports without contrast pairs keep their keys
+        out["contrast_per_prompt"] = {str(k): n for k, n in sorted(Counter(per_prompt.values()).items())}
+    return out
 
 
 def to_jsonl_records(pairs: Iterable[LabelledPair]) -> list[dict]:
