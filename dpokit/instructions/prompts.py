@@ -14,12 +14,14 @@
 * heldout_wording: the first `n_heldout` train constraint prompts asked again with the HELD-OUT
   wording (3): same question, family and params, a phrasing never seen in training.
 * harmful: round(harmful_fraction * n_train) harmful prompts in train and
-  round(harmful_fraction * n_heldout) in heldout_question (harmful prompts are split by hashing
-  too); kind "harmful", no constraint.
+  round(harmful_fraction * n_heldout) in heldout_question, or exactly `n_heldout_safety` there
+  when it is > 0 (harmful prompts are split by hashing too); kind "harmful", no constraint.
 * harmless: as many questions, with no constraint, as there are harmful prompts in the same
   split, taken from the END of that split's question order (distinct from the constraint
-  prompts' questions while the pool allows): they measure over-refusal in the held-out split
-  and teach "answer, do not refuse" (principle 2 of `pairs`) in train.
+  prompts' questions while the pool allows; always, with `n_heldout_safety` > 0): they measure
+  over-refusal in the held-out split and teach "answer, do not refuse" (principle 2 of `pairs`)
+  in train. `n_heldout_safety` sizes the held-out safety measurement apart from the constraint
+  prompts: with 9 harmless prompts x 2 samples, one refusal is already 5.6 points.
 
 Too few questions or harmful prompts for the sizes asked is a ConfigError (the set never
 shrinks silently), and so is a repeated question (case and whitespace aside).
@@ -166,18 +168,35 @@ def _check_sizes(n_train: int, n_heldout: int, families: Sequence[str], harmful_
         raise ConfigError(f"harmful_fraction must be >= 0, got {harmful_fraction!r}")
 
 
+def _check_safety(n: int, n_heldout: int, held_questions: int, held_harmful: int) -> None:
+    """n held-out harmful prompts and n held-out harmless questions that are not among the
+    n_heldout constraint questions, or a one-line ConfigError saying what there is."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ConfigError(f"prompts.n_heldout_safety must be an integer >= 0, got {n!r}")
+    if n == 0:  # the fraction's rule, checked by _take as before
+        return
+    most = min(held_harmful, held_questions - n_heldout)
+    if n > most:
+        raise ConfigError(f"prompts.n_heldout_safety={n}: at most {max(most, 0)} here ({held_harmful} held-out harmful "
+                          f"prompts; {held_questions} held-out questions less the n_heldout={n_heldout} constraint ones)")
+
+
 def build_prompt_set(questions: Iterable, harmful: Iterable, *, n_train: int, n_heldout: int, seed: int,
                      max_new_tokens: int, families: Sequence[str] = FAMILIES, harmful_fraction: float,
-                     heldout_fraction: float = 0.2) -> list[InstructionPrompt]:
+                     heldout_fraction: float = 0.2, n_heldout_safety: int = 0) -> list[InstructionPrompt]:
     """The prompt set (rules in the module docstring), in the order: train constraint, harmful,
     harmless; heldout_question constraint; heldout_wording; heldout_question harmful, harmless.
     `heldout_fraction` = the share of questions (and of harmful prompts) held out by hashing;
-    `max_new_tokens` = the token budget every answer to these prompts is sampled with."""
+    `max_new_tokens` = the token budget every answer to these prompts is sampled with;
+    `n_heldout_safety` > 0 = that many held-out harmful and harmless prompts (0 = the fraction)."""
     _check_sizes(n_train, n_heldout, families, harmful_fraction)
     train_q, held_q = split_questions(_items(questions, "questions"), heldout_fraction, seed, key=lambda it: it[0])
     train_h, held_h = split_questions(_items(harmful, "harmful prompts"), heldout_fraction, seed, key=lambda it: it[0])
     train_q, held_q, train_h, held_h = (_ordered(x, seed) for x in (train_q, held_q, train_h, held_h))
     n_harm_train, n_harm_held = (int(harmful_fraction * n + 0.5) for n in (n_train, n_heldout))
+    _check_safety(n_heldout_safety, n_heldout, len(held_q), len(held_h))
+    if n_heldout_safety:
+        n_harm_held = n_heldout_safety
 
     train = _constraint_prompts(_take(train_q, n_train, "train questions"), families, seed, "train", max_new_tokens)
     heldout = _constraint_prompts(_take(held_q, n_heldout, "held-out questions"), families, seed, "heldout_question",
