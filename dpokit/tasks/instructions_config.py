@@ -27,6 +27,8 @@ class PromptsSection:
     n_heldout: int = ranged(36, ge=1, note="held-out questions; as many train prompts re-asked in the held-out wording")
     harmful_fraction: float = ranged(0.25, ge=0, note="harmful prompts per constraint prompt; as many harmless ones")
     heldout_fraction: float = ranged(0.2, gt=0, lt=1, note="share of questions and harmful prompts held out by hashing")
+    n_heldout_safety: int = ranged(0, ge=0, note="held-out harmful prompts and as many harmless questions (apart from "
+                                   "the n_heldout constraint ones); 0 = round(harmful_fraction × n_heldout) of each")
     seed: int = ranged(0, **SEED_RANGE)
 
 
@@ -37,8 +39,11 @@ class PairsSection:
     samples_per_prompt: int = ranged(4, ge=1)
     max_pairs_per_prompt: int = ranged(2, ge=1)
     revise: bool = True  # critique -> revision where no sample is acceptable
-    revisions_per_prompt: int = ranged(1, ge=1, note="samples revised (one pair each) on a prompt with no acceptable sample")
-    harmless_contrast: bool = False  # harmless prompt, every sample answers: the first ≻ a template refusal (origin "contrast")
+    revisions_per_prompt: int = ranged(1, ge=1, note="samples revised (one pair each) on a prompt with no acceptable sample; "
+                                       "with harmless_contrast also the contrast pairs per harmless prompt")
+    # harmless prompt with acceptable samples: up to revisions_per_prompt of them, each ≻ a template refusal
+    # (origin "contrast"), besides its sampled pairs
+    harmless_contrast: bool = False
     # the token budget of every constraint answer (train samples, held-out, RLOO rollouts, online rounds,
     # Best-of-N); the word-count, bullet and end-phrase params are drawn to fit it
     max_new_tokens: int = ranged(48, ge=MIN_BUDGET_TOKENS,

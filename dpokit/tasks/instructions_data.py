@@ -50,7 +50,8 @@ def study_prompts(cfg) -> tuple[list[InstructionPrompt], dict]:
     p = cfg.prompts
     prompts = build_prompt_set(chatterbot_questions(report=report), harmful_prompts(report=report), n_train=p.n_train,
                                n_heldout=p.n_heldout, seed=p.seed, harmful_fraction=p.harmful_fraction,
-                               heldout_fraction=p.heldout_fraction, max_new_tokens=cfg.pairs.max_new_tokens)
+                               heldout_fraction=p.heldout_fraction, n_heldout_safety=p.n_heldout_safety,
+                               max_new_tokens=cfg.pairs.max_new_tokens)
     return prompts, {**prompt_set_report(prompts), "sources": {"kept": report.kept, "skipped": report.skips.total}}
 
 
