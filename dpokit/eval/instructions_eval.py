@@ -200,10 +200,20 @@ def value_at_kl(curve: list[tuple[float, float]], kl: float) -> float | None:
     return None
 
 
+def starts_at_reference(own: list[dict]) -> bool:
+    """Whether a method's curve starts at the reference (KL 0): unless its first point is its
+    own step 0 (a run from another model, e.g. from Preferred-FT, whose starting model is
+    evaluated as step 0). Joining such a curve to the reference would credit the method with
+    values along a path it never took (Preferred-FT's own segment)."""
+    return not own or own[0].get("step") != 0
+
+
 def matched_kl(reference: dict, points: list[dict], target_method: str, metric: str = "pass_rate") -> dict | None:
     """Every method's `metric` at the KL of `target_method`'s last point: each curve starts at
-    the reference (KL 0, the reference's value) and runs through the method's points in step
-    order (Best-of-N: in N order). None when the target method has no point."""
+    the reference (KL 0, the reference's value), or at its own step-0 point when it has one
+    (`starts_at_reference`), and runs through the method's points in step order (Best-of-N: in
+    N order). None when the target method has no point; a method's value is None where its
+    curve does not reach that KL (before its start or past its end)."""
     target = [p for p in points if p["method"] == target_method]
     if not target:
         return None
@@ -212,6 +222,7 @@ def matched_kl(reference: dict, points: list[dict], target_method: str, metric: 
     out = {}
     for m in methods:
         own = [p for p in points if p["method"] == m]
-        curve = [(0.0, reference[metric]["rate"])] + [(p["kl"], p[metric]["rate"]) for p in own]
+        start = [(0.0, reference[metric]["rate"])] if starts_at_reference(own) else []
+        curve = start + [(p["kl"], p[metric]["rate"]) for p in own]
         out[m] = value_at_kl([(k, v) for k, v in curve if v is not None], kl)
     return {"kl": kl, "against": target_method, "metric": metric, "values": out}

@@ -67,12 +67,26 @@ def total_steps(cfg, n_pairs: int) -> int:
 
 
 # -- offline: Preferred-FT, DPO and the robust variant -----------------------------------------
-def _pft_final(st: Study) -> Path:
+def pft_final(st: Study) -> Path:
     return st.run_dir / "preferred-ft" / "final"
 
 
-def _from_pft(st: Study) -> bool:
-    return st.cfg.dpo.start == "preferred-ft"
+def from_pft(st: Study, section: str = "dpo") -> bool:
+    """Whether `section`'s runs (dpo: DPO, the robust variant and the online rounds; rloo: both
+    RLOO runs) start from the Preferred-FT model."""
+    return getattr(st.cfg, section).start == "preferred-ft"
+
+
+def _needs_pft_weights(st: Study) -> bool:
+    rloo = st.cfg.rloo
+    return from_pft(st) or (from_pft(st, "rloo") and (rloo.reward_model or rloo.oracle))
+
+
+def _starting_at_pft(st: Study, done: dict, method: str, setting: str) -> dict:
+    """`done` with Preferred-FT's point as its curve's step 0: the run starts there (its held-out
+    KL is still to the study's reference, as every method's)."""
+    return {**done, "points": [{**st.pft_point, "method": method, "setting": setting, "step": 0, "elapsed_s": 0.0}]
+                              + done["points"]}
 
 
 def preferred_ft(st: Study) -> dict:
@@ -82,8 +96,8 @@ def preferred_ft(st: Study) -> dict:
                               lr=p.lr, epochs=p.epochs, max_steps=0, output_dir=str(st.run_dir / "preferred-ft"), save_every=0,
                               rpo_alpha=0.0)
     key = key_of(st.base, settings_of(sft_cfg), file_digest(sft_cfg.data))
-    # DPO starting from it needs its weights, not only its points: redo it if they are gone
-    intact = (lambda _res: (_pft_final(st) / "config.json").exists()) if _from_pft(st) else None
+    # DPO or RLOO starting from it needs its weights, not only its points: redo it if they are gone
+    intact = (lambda _res: (pft_final(st) / "config.json").exists()) if _needs_pft_weights(st) else None
     done = st.runs.run("preferred-ft", key, partial(_trained_points, sft_cfg, "preferred-ft", f"lr={p.lr:g}", st.evaluator),
                        intact=intact)
     st.pft_key, st.pft_point = key, done["points"][-1]
@@ -97,7 +111,7 @@ def pairwise(st: Study, method: str, loss: str, beta: float, n_points: int, n_pa
     with Preferred-FT's point as step 0, since that is where the run starts (the held-out KL
     stays measured against the study's reference, as for every method)."""
     at = eval_steps(total_steps(st.cfg, n_pairs), n_points)
-    start = {"model": str(_pft_final(st)), "ref_model": None} if _from_pft(st) else {}
+    start = {"model": str(pft_final(st)), "ref_model": None} if from_pft(st) else {}
     run_cfg = train_config_of(st.cfg, objective="dpo", loss=loss, beta=beta, label_smoothing=label_smoothing,
                               data=str(st.pairs), eval_data=st.eval_data, eval_fraction=0.0,
                               output_dir=str(st.run_dir / method), save_every=at[0] if len(at) > 1 else 0, keep_checkpoints=0,
@@ -106,10 +120,7 @@ def pairwise(st: Study, method: str, loss: str, beta: float, n_points: int, n_pa
                  file_digest(st.eval_data) if st.eval_data else None, *([st.pft_key] if start else []))
     setting = f"β={beta:g}" + (", from Preferred-FT" if start else "")
     done = st.runs.run(method, key, partial(_trained_points, run_cfg, method, setting, st.evaluator))
-    if start:
-        done = {**done, "points": [{**st.pft_point, "method": method, "setting": setting, "step": 0, "elapsed_s": 0.0}]
-                                  + done["points"]}
-    return done
+    return _starting_at_pft(st, done, method, setting) if start else done
 
 
 def _trained_points(run_cfg, method: str, setting: str, evaluator) -> dict:
@@ -185,31 +196,43 @@ class CheckerRLOO(RLOOTrainer):
 
 
 def rloo(st: Study, method: str) -> dict:
-    """RLOO against the reward model (`method="rloo-rm"`) or the checker (`"rloo-oracle"`)."""
+    """RLOO against the reward model (`method="rloo-rm"`) or the checker (`"rloo-oracle"`).
+    With rloo.start=preferred-ft the policy starts from the Preferred-FT model, and so does its
+    KL penalty (RLOOTrainer's reference is a frozen copy of the starting policy); its curve then
+    begins with Preferred-FT's point as step 0, as DPO's does with dpo.start=preferred-ft."""
     from dpokit.rlhf.rloo_config import RLOOConfig
 
     cfg, r = st.cfg, st.cfg.rloo
     with_rm = method == "rloo-rm"
+    start = from_pft(st, "rloo")
     # reward="sentiment" is RLOOConfig's name for "the ground truth itself": here the checker.
     rloo_cfg = RLOOConfig(
-        model=cfg.model, reward="model" if with_rm else "sentiment", reward_model=str(st.rm_dir) if with_rm else None,
+        model=str(pft_final(st)) if start else cfg.model, reward="model" if with_rm else "sentiment",
+        reward_model=str(st.rm_dir) if with_rm else None,
         kl_coef=r.kl_coef, steps=r.steps, rollout_prompts=r.rollout_prompts, k=r.k, lr=r.lr,
         max_new_tokens=cfg.pairs.max_new_tokens, temperature=cfg.pairs.temperature, seed=cfg.seed,
         output_dir=str(st.run_dir / method), progress=False,
     )
-    key = key_of(st.base, settings_of(rloo_cfg), st.rm_key if with_rm else None, st.train_rendered, r.points)
-    return st.runs.run(method, key, partial(_rloo_run, st, rloo_cfg, method))
+    # the model path alone does not say which weights are there: Preferred-FT's key does
+    key = key_of(st.base, settings_of(rloo_cfg), st.rm_key if with_rm else None, st.train_rendered, r.points,
+                 *([st.pft_key] if start else []))
+    setting = f"kl_coef={rloo_cfg.kl_coef:g}" + (", from Preferred-FT" if start else "")
+    done = st.runs.run(method, key, partial(_rloo_run, st, rloo_cfg, method, setting))
+    return _starting_at_pft(st, done, method, setting) if start else done
 
 
-def _rloo_run(st: Study, rloo_cfg, method: str) -> dict:
+def _rloo_run(st: Study, rloo_cfg, method: str, setting: str) -> dict:
+    from dpokit.config import save_config
     from dpokit.models import load_model
 
-    st.evaluator.stage(f"{method}: RLOO kl_coef={rloo_cfg.kl_coef}, {rloo_cfg.steps} rounds")
+    st.evaluator.stage(f"{method}: RLOO {setting}, {rloo_cfg.steps} rounds")
+    out = Path(rloo_cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(rloo_cfg, out / "config.yaml")  # which model it started from (and was KL-penalised to)
     policy, tokenizer = load_model(rloo_cfg.model, dtype=st.cfg.dtype)
     trainer = CheckerRLOO(rloo_cfg, policy=policy, tokenizer=tokenizer, prompts=st.train_rendered, prompt_of=st.prompt_of,
                           reward_model=st.rm if rloo_cfg.reward == "model" else None, log=lambda *_: None)
-    return online_points(trainer, method, f"kl_coef={rloo_cfg.kl_coef:g}", rloo_cfg.steps, st.cfg.rloo.points, st.evaluator,
-                         Path(rloo_cfg.output_dir))
+    return online_points(trainer, method, setting, rloo_cfg.steps, st.cfg.rloo.points, st.evaluator, out)
 
 
 # -- Best-of-N ---------------------------------------------------------------------------------
