@@ -1,5 +1,6 @@
-"""`dpo.start=preferred-ft` (DPO and the robust variant start from the Preferred-FT model and
-are anchored to it), `pairs.revisions_per_prompt`, `pairs.harmless_contrast`,
+"""`dpo.start=preferred-ft` (DPO, the robust variant and the online rounds start from the
+Preferred-FT model and are anchored to it), `rloo.start=preferred-ft` (RLOO too, its KL penalty
+to it), `pairs.revisions_per_prompt`, `pairs.harmless_contrast`,
 `eval.ifbench_methods`, `eval.kl_samples_per_prompt` and `bon.reuse_reference`, on a tiny random
 model (seconds) or with the sampler replaced."""
 
@@ -32,12 +33,17 @@ def _args(root, out, *extra):
             "dpo.start=preferred-ft", *extra]
 
 
+# the study fixture adds what else starts from Preferred-FT: RLOO on the checker (no reward model
+# to train) and two online rounds, both reference chains
+FROM_PFT = ("rloo.oracle=true", "rloo.start=preferred-ft", "online.rounds=2", "online.reference=both")
+
+
 @pytest.fixture(scope="module")
 def study(tiny_lm):
     from dpokit.cli import main
 
     out = tiny_lm / "out"
-    assert main(_args(tiny_lm, out)) == 0
+    assert main(_args(tiny_lm, out, *FROM_PFT)) == 0
     return out, json.loads((out / "summary.json").read_text())
 
 
@@ -66,18 +72,62 @@ def test_the_curve_starts_at_preferred_ft(study):
     assert s["policy"]["dpo"]["step"] == 2 and "from Preferred-FT" in s["policy"]["dpo"]["setting"]
 
 
+def test_rloo_starts_from_preferred_ft_and_its_kl_penalty_is_to_it(study):
+    out, s = study
+    cfg = yaml.safe_load((out / "rloo-oracle" / "config.yaml").read_text())
+    assert cfg["model"] == str(out / "preferred-ft" / "final")
+    # round 1's KL to the penalty's reference is 0: that reference IS the starting policy ...
+    first = json.loads((out / "rloo-oracle" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["kl"] == 0.0 and first["kl_k3"] == 0.0
+    # ... and the starting policy is Preferred-FT: one RLOO round at lr 3e-5 stays at Preferred-FT's
+    # held-out KL to the study's model (a run from the study's model would be near 0)
+    pft_kl = s["policy"]["preferred-ft"]["kl"]
+    assert abs(s["policy"]["rloo-oracle"]["kl"] - pft_kl) < 0.1 * pft_kl
+    rloo = [p for p in s["points"] if p["method"] == "rloo-oracle"]
+    assert [p["step"] for p in rloo] == [0, 1] and rloo[0]["kl"] == pft_kl
+    assert rloo[0]["pass_rate"] == s["policy"]["preferred-ft"]["pass_rate"]
+    assert s["policy"]["rloo-oracle"]["setting"] == "kl_coef=0.05, from Preferred-FT"
+    assert "| rloo-oracle | " in (out / "report.md").read_text()
+
+
+def test_online_rounds_start_from_preferred_ft(study):
+    out, s = study
+    pft = str(out / "preferred-ft" / "final")
+    used = {n: yaml.safe_load((out / n / "config.yaml").read_text()) for n in ("online-r1", "online-fixed-r2", "online-updated-r2")}
+    # round 1 from Preferred-FT, anchored to it (None = the starting model); fixed: Preferred-FT
+    # every round; updated: the previous round's policy
+    assert (used["online-r1"]["model"], used["online-r1"]["ref_model"]) == (pft, None)
+    assert (used["online-fixed-r2"]["model"], used["online-fixed-r2"]["ref_model"]) == (str(out / "online-r1" / "final"), pft)
+    assert (used["online-updated-r2"]["model"], used["online-updated-r2"]["ref_model"]) == (str(out / "online-r1" / "final"), None)
+    first = {n: json.loads((out / n / "metrics.jsonl").read_text().splitlines()[0]) for n in used}
+    assert first["online-r1"]["rewards/margins"] == 0.0 and abs(first["online-updated-r2"]["rewards/margins"]) < 1e-5
+    assert abs(first["online-fixed-r2"]["rewards/margins"]) > 1e-3  # round 1 moved away from Preferred-FT
+    o = s["online"]
+    assert o["start"] == "preferred-ft" and o["offline"]["kl"] == s["policy"]["dpo"]["kl"]  # offline DPO: from Preferred-FT too
+    for curve in o["chains"].values():
+        # 0 ADDITIONAL labels at Preferred-FT's point; the rounds near its KL, not near 0
+        assert curve[0]["labels"] == 0 and curve[0]["kl"] == s["policy"]["preferred-ft"]["kl"]
+        assert curve[0]["pass_rate"] == s["policy"]["preferred-ft"]["pass_rate"]
+        assert curve[1]["kl"] > 0.5 * curve[0]["kl"] and curve[-1]["labels"] == o["labels_budget"] == s["pair_counts"]["total"]
+    assert "from Preferred-FT" in (out / "report.md").read_text().split("## Hybrid")[1]
+
+
 def test_resume_redoes_dpo_when_preferred_ft_changes(study, tiny_lm):
     from dpokit.cli import main
 
     out, s = study
-    assert main(_args(tiny_lm, out, "--resume", "preferred_ft.lr=2e-3")) == 0
+    assert main(_args(tiny_lm, out, *FROM_PFT, "--resume", "preferred_ft.lr=2e-3")) == 0
     again = json.loads((out / "summary.json").read_text())
-    # Preferred-FT's settings are no part of DPO's own config: its key must carry them
+    # Preferred-FT's settings are no part of DPO's, RLOO's or a round's own config: their keys must carry them
     assert again["reused_runs"] == []
-    assert again["policy"]["dpo"]["kl"] != s["policy"]["dpo"]["kl"]
-    # rpo_alpha changes DPO and IPO only: Preferred-FT (SFT, where it does nothing) is reused
-    assert main(_args(tiny_lm, out, "--resume", "preferred_ft.lr=2e-3", "rpo_alpha=0.5")) == 0
-    assert json.loads((out / "summary.json").read_text())["reused_runs"] == ["preferred-ft"]
+    for method in ("dpo", "rloo-oracle"):
+        assert again["policy"][method]["kl"] != s["policy"][method]["kl"]
+    assert again["online"]["chains"]["fixed"][1]["kl"] != s["online"]["chains"]["fixed"][1]["kl"]
+    # rpo_alpha changes DPO, IPO and the online rounds only: Preferred-FT (SFT, where it does
+    # nothing) and RLOO are reused
+    # (online.rounds=1: the rounds, redone, are not what this checks)
+    assert main(_args(tiny_lm, out, *FROM_PFT, "--resume", "preferred_ft.lr=2e-3", "rpo_alpha=0.5", "online.rounds=1")) == 0
+    assert json.loads((out / "summary.json").read_text())["reused_runs"] == ["preferred-ft", "rloo-oracle"]
 
 
 def test_revisions_per_prompt_give_more_revised_pairs(tiny_lm):
@@ -172,7 +222,6 @@ def test_best_of_n_reuses_the_references_heldout_samples(monkeypatch, m, reuse, 
     ("dpo.start=sft", "dpo.start: 'sft' is not one of reference, preferred-ft"),
     ("preferred_ft.enabled=false", "dpo.start=preferred-ft needs the Preferred-FT run"),
     ("ref_model=some/model", "dpo.start=preferred-ft anchors DPO to the Preferred-FT model"),
-    ("online.rounds=2", "dpo.start=preferred-ft with online.rounds > 1"),
     ("pairs.revisions_per_prompt=0", "pairs.revisions_per_prompt must be ≥ 1"),
     ("eval.ifbench_methods=[dpo, ppo]", "eval.ifbench_methods: ppo not among the methods"),
     ("eval.kl_samples_per_prompt=3", r"eval.kl_samples_per_prompt \(3\) must be ≤ eval.samples_per_prompt \(2\)"),
@@ -184,9 +233,29 @@ def test_config_checks(override, message):
         load_config(InstructionsConfig, recipe("instructions"), ["dpo.start=preferred-ft", override])
 
 
+@pytest.mark.parametrize("override, message", [
+    (["rloo.start=sft"], "rloo.start: 'sft' is not one of reference, preferred-ft"),
+    (["rloo.start=preferred-ft", "preferred_ft.enabled=false"], "rloo.start=preferred-ft needs the Preferred-FT run"),
+    (["rloo.start=preferred-ft", "ref_model=some/model"], "rloo.start=preferred-ft anchors RLOO's KL penalty to the Preferred-FT"),
+])
+def test_rloo_start_config_checks(override, message):
+    from dpokit.config import recipe
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(InstructionsConfig, recipe("instructions"), ["dpo.start=reference", *override])
+
+
+def test_online_rounds_from_preferred_ft_are_accepted():
+    from dpokit.config import recipe
+
+    cfg = load_config(InstructionsConfig, recipe("instructions"), ["dpo.start=preferred-ft", "online.rounds=3"])
+    assert (cfg.dpo.start, cfg.online.rounds) == ("preferred-ft", 3)
+
+
 def test_defaults_are_unchanged():
     from dpokit.config import recipe
 
     cfg = load_config(InstructionsConfig, recipe("instructions"))
     assert (cfg.dpo.start, cfg.pairs.revisions_per_prompt, cfg.pairs.harmless_contrast) == ("reference", 1, False)
+    assert cfg.rloo.start == "reference"
     assert cfg.eval.ifbench_methods == [] and cfg.eval.kl_samples_per_prompt == 0 and cfg.bon.reuse_reference is False

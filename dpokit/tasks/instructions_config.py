@@ -206,10 +206,6 @@ class InstructionsConfig(TrainConfig):
                 what = "DPO" if name == "dpo" else "RLOO's KL penalty"
                 raise ConfigError(f"{name}.start=preferred-ft anchors {what} to the Preferred-FT model; "
                                   f"ref_model={self.ref_model} would replace it: remove ref_model")
-        if self.dpo.start == "preferred-ft" and self.online.rounds > 1:
-            # the online rounds start from and anchor to the study's model: not comparable
-            raise ConfigError("dpo.start=preferred-ft with online.rounds > 1: the online rounds start from the study's "
-                              "model, not from Preferred-FT; use dpo.start=reference")
 
     def _validate_online(self) -> None:
         o = self.online

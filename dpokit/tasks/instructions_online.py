@@ -17,6 +17,13 @@ round (top-level ref_model, else the starting model), "updated" = π_{r−1} (th
 of the round), "both" = one chain of each. Round 1 starts from the reference either way, so the
 chains share it (one run, `online-r1`).
 
+With dpo.start=preferred-ft, π_0 is the Preferred-FT model (SFT on the chosen responses of the
+offline pairs), as for the offline DPO run: round 1 samples it (fresh samples: the cached ones are
+the study model's) and starts from it, "fixed" anchors every round to it, "updated" to π_{r−1}.
+Both arms then start from the same Preferred-FT, whose N labels are a shared sunk cost; the
+comparison is at equal ADDITIONAL labels (N DPO pairs each), and the chains' curves start at
+Preferred-FT's point at 0 labels.
+
 Prompts come from the train prompts only (the held-out ones are never sampled for training): a
 seeded permutation read in draws of `online.prompts_per_draw` prompts; each round starts where the
 previous one stopped, so prompts are fresh until the permutation is used up, after which it is
@@ -123,6 +130,7 @@ class Online:
     rendered_of: dict  # prompt id → rendered text
     ref_samples: SampleSet
     n_labels: int
+    start: str | None = None  # π_0's directory when it is not the study's model (Preferred-FT's final)
 
     @property
     def size(self) -> int:
@@ -185,12 +193,13 @@ def collect_pairs(on: Online, policy, budget: int, first_draw: int) -> tuple[lis
 
 
 def round_config(on: Online, r: int, reference: str | None, start: str | None, max_steps: int, out_dir: Path, data: Path):
-    """Round r's DPO config: starts from `start` (the previous round's model; None = the study's
-    model), its reference the study's (fixed, or round 1) or the starting model (updated)."""
+    """Round r's DPO config: starts from `start` (the previous round's model; None = π_0: the
+    study's model, or `on.start`), its reference π_0's (fixed, or round 1) or the starting model
+    (updated)."""
     cfg = on.st.cfg
-    fixed_ref = cfg.ref_model or cfg.model  # None below = the starting model (prepare.reference)
+    fixed_ref = cfg.ref_model or on.start or cfg.model  # None below = the starting model (prepare.reference)
     return train_config_of(cfg, objective="dpo", loss="dpo", data=str(data), eval_data=on.st.eval_data, eval_fraction=0.0,
-                           model=start or cfg.model, ref_model=None if reference == "updated" and r > 1 else
+                           model=start or on.start or cfg.model, ref_model=None if reference == "updated" and r > 1 else
                            (cfg.ref_model if r == 1 else fixed_ref), max_steps=max_steps,
                            output_dir=str(out_dir), save_every=0, keep_checkpoints=0)
 
@@ -211,7 +220,9 @@ def run_round(on: Online, name: str, r: int, reference: str | None, budget: int,
 
     run_dir = on.st.run_dir / name
     on.st.evaluator.stage(f"{name}: sampling the policy on fresh train prompts for {budget} labelled pairs")
-    policy = load_model(prev["final_dir"], dtype=on.st.cfg.dtype)[0] if prev else None
+    # π_{r−1}; None = the study's model (whose first pass of samples is cached)
+    start = prev["final_dir"] if prev else on.start
+    policy = load_model(start, dtype=on.st.cfg.dtype)[0] if start else None
     records, info = collect_pairs(on, policy, budget, prev["next_draw"] if prev else 0)
     del policy  # training loads its own copy of the starting model
     if not records:
@@ -252,7 +263,9 @@ def run_online(on: Online) -> dict[str, list[dict]]:
     later = {"revisions_per_prompt": 1, "harmless_contrast": False}
     pairs = {k: v for k, v in dataclasses.asdict(cfg.pairs).items() if not (k in later and v == later[k])}
     common = key_of(st.base, {"online": online, "pairs": pairs, "n": on.n_labels,
-                              "train": [p.id for p in on.train], "size": on.size})
+                              "train": [p.id for p in on.train], "size": on.size},
+                    # from Preferred-FT: its weights are every round's input (joins only then: default keys unchanged)
+                    *([on.st.pft_key] if on.start else []))
 
     def one(name: str, r: int, reference: str | None, prev: dict | None, prev_key: str) -> tuple[dict, str]:
         budget = budgets[r - 1] + (prev["unspent"] if prev else 0)
@@ -274,9 +287,11 @@ def run_online(on: Online) -> dict[str, list[dict]]:
     return chains
 
 
-def online_summary(cfg, n_labels: int, prompts_per_draw: int, chains: dict[str, list[dict]], reference: dict, offline: dict) -> dict:
+def online_summary(cfg, n_labels: int, prompts_per_draw: int, chains: dict[str, list[dict]], reference: dict, offline: dict,
+                   start: str = "reference") -> dict:
     """summary.json's `online` block: each chain's pass rate against the labels it had used by
-    the end of each round (from the reference at 0 labels), and the offline DPO run's at N."""
+    the end of each round (from π_0 at 0 labels: `reference` is π_0's point, the study's
+    reference or Preferred-FT's as `start` says), and the offline DPO run's at N."""
 
     def at(point: dict, labels: int, **more) -> dict:
         m = point["metrics"]
@@ -297,7 +312,7 @@ def online_summary(cfg, n_labels: int, prompts_per_draw: int, chains: dict[str, 
         out_chains[name] = curve
         final[name] = {"labels_used": used, "unspent": rounds[-1]["unspent"], "pass_rate": curve[-1]["pass_rate"],
                        "vs_offline": compare(curve[-1]["pass_rate"], offline["metrics"]["pass_rate"])}
-    return {"rounds": cfg.online.rounds, "reference": cfg.online.reference, "labels_budget": n_labels,
+    return {"rounds": cfg.online.rounds, "reference": cfg.online.reference, "start": start, "labels_budget": n_labels,
             "round_budgets": split_evenly(n_labels, cfg.online.rounds), "prompts_per_draw": prompts_per_draw, "offline": at(offline, n_labels, method="dpo", step=offline["step"]),
             "chains": out_chains, "final": final}
 
@@ -316,8 +331,13 @@ def compare(a: dict, b: dict) -> str:
 def online_study(st, ref_model, tokenizer, train, rendered_of, ref_samples: SampleSet, n_labels: int, reference: dict,
                  offline: dict) -> dict:
     """Run the online chains (`run_online`) and return summary.json's `online` block; `offline`
-    is the offline DPO run's final point, trained on all `n_labels` pairs."""
+    is the offline DPO run's final point, trained on all `n_labels` pairs (from Preferred-FT with
+    dpo.start=preferred-ft, and so is the online chain: module docstring)."""
     if any(p.split != "train" for p in train):
         raise ValueError("the online rounds sample train prompts only")  # a held-out prompt here would leak
-    on = Online(st, ref_model, tokenizer, list(train), rendered_of, ref_samples, n_labels)
-    return online_summary(st.cfg, n_labels, on.size, run_online(on), reference, offline)
+    from dpokit.tasks.instructions_methods import from_pft, pft_final
+
+    pft = from_pft(st)  # the online rounds follow dpo.start: both arms from the same model
+    on = Online(st, ref_model, tokenizer, list(train), rendered_of, ref_samples, n_labels, start=str(pft_final(st)) if pft else None)
+    return online_summary(st.cfg, n_labels, on.size, run_online(on), st.pft_point if pft else reference, offline,
+                          start="preferred-ft" if pft else "reference")

@@ -107,14 +107,15 @@ def plot_rates(summary: dict, out_png) -> Path:
 
 def plot_pass_vs_kl(summary: dict, out_png) -> Path:
     """Held-out pass rate against KL(π‖π_ref): every evaluated step of each method (from the
-    reference at KL 0), and the Best-of-N curves at their KL bound."""
+    reference at KL 0, or from its own step 0 when it starts elsewhere: from Preferred-FT), and
+    the Best-of-N curves at their KL bound."""
     fig, (ax,) = _figure(1, width=7, height=4.5)
     ref = summary["reference"]["pass_rate"]["rate"]
     groups = {}
     for p in summary["points"] + summary["best_of_n"]:
         groups.setdefault(p["method"], []).append(p)
     for method, pts in groups.items():
-        start = [] if method.startswith("best-of-n") else [(0.0, ref)]
+        start = [] if method.startswith("best-of-n") or not ie.starts_at_reference(pts) else [(0.0, ref)]
         xy = start + [(p["kl"], p["pass_rate"]["rate"]) for p in pts if p["pass_rate"]["rate"] is not None]
         ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=method, linestyle="--" if method.startswith("best") else "-")
     ax.scatter([0.0], [ref], color="black", zorder=5, label="reference")
@@ -143,7 +144,8 @@ def plot_families(summary: dict, out_png) -> Path:
 
 def plot_pass_vs_labels(online: dict, out_png) -> Path:
     """Held-out pass rate (95% CI) against the labelled pairs used: each online chain after
-    each round (from the reference at 0 labels), and the offline DPO run at all N labels."""
+    each round (from its start at 0 labels: the reference, or Preferred-FT with 0 additional
+    labels), and the offline DPO run at all N labels."""
     fig, (ax,) = _figure(1, width=7, height=4.5)
     shift = 0.01 * max(online["labels_budget"], 1)  # chains side by side: round 1 and the reference are shared
     for j, (name, curve) in enumerate(online["chains"].items()):
@@ -154,7 +156,7 @@ def plot_pass_vs_labels(online: dict, out_png) -> Path:
     if off["pass_rate"]["rate"] is not None:
         ax.errorbar([off["labels"]], [off["pass_rate"]["rate"]], yerr=[[e] for e in _err(off["pass_rate"])], marker="s",
                     color="black", capsize=4, linestyle="none", label="offline DPO (one round)")
-    ax.set_xlabel("labelled pairs used")
+    ax.set_xlabel("labelled DPO pairs used" + (" after Preferred-FT" if online.get("start") == "preferred-ft" else ""))
     ax.set_ylabel("held-out pass rate")
     ax.set_ylim(0, 1)
     ax.set_title(f"{online['rounds']} online rounds vs one offline round at {online['labels_budget']} labels")
@@ -166,11 +168,14 @@ def _online_md(online: dict | None) -> list[str]:
     if not online:
         return []
     off = online["offline"]
+    # from Preferred-FT (SFT on the same pairs' chosen responses), both arms start there: its labels are shared
+    pft = (" Both arms start from Preferred-FT (trained on the chosen responses of the offline pairs, a cost they "
+           "share): the labels counted are the DPO pairs added after it.") if online.get("start") == "preferred-ft" else ""
     out = ["", "## Hybrid: online DPO rounds on failure slices", "",
            (f"{online['rounds']} rounds of {online['round_budgets']} labelled pairs (what a round cannot spend carries to the "
             f"next), against one offline DPO round on all {online['labels_budget']}: offline pass rate {_pct(off['pass_rate'])} "
             f"at KL {off['kl']:.2f}. Each round samples the current policy on {online['prompts_per_draw']} fresh train prompts "
-            "per draw, keeps the prompts where it still fails (worst family first) and trains on pairs built there."), "",
+            f"per draw, keeps the prompts where it still fails (worst family first) and trains on pairs built there.{pft}"), "",
            "| reference | round | labels (round / total) | sampled + revised | prompts sampled / failing | pass rate | KL |",
            "|---|---|---|---|---|---|---|"]
     for name, curve in online["chains"].items():
@@ -219,8 +224,9 @@ def report_md(summary: dict, examples: list[dict], plots: dict) -> str:
     mk = (summary.get("matched_kl") or {}).get("pass_rate")
     if mk:
         lines += ["", f"## At matched KL ({mk['kl']:.2f} nats, the final KL of {mk['against']})", "",
-                  ("Each method's pass rate interpolated along its own evaluated steps (from the reference at KL 0); "
-                   "n/a where the method never reached that KL."), "", "| method | pass rate at that KL |", "|---|---|"]
+                  ("Each method's pass rate interpolated along its own evaluated steps (from the reference at KL 0, or "
+                   "from its own starting point: Preferred-FT's, for a run from Preferred-FT); n/a where the method's "
+                   "curve does not reach that KL."), "", "| method | pass rate at that KL |", "|---|---|"]
         lines += [f"| {m} | {_num(v, '{:.1%}')} |" for m, v in mk["values"].items()]
     lines += ["", "## Per family (held-out pass rate)", "", "| family | " + " | ".join(summary["per_family"]) + " |",
               "|---|" + "---|" * len(summary["per_family"])]
