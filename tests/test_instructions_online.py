@@ -127,6 +127,21 @@ def test_collect_pairs_reports_what_it_could_not_spend():
     assert info["prompts_sampled"] == 5 and info["passes"] == [0] and info["next_draw"] == 1
 
 
+def test_collect_pairs_makes_harmless_contrast_pairs_when_asked():
+    # a harmless prompt whose policy refuses once and answers once is in the failure slice; with
+    # pairs.harmless_contrast the online rounds balance refusals as the offline pairs do: besides
+    # the sampled pair (answer > its refusal) one contrast pair (answer > a template refusal)
+    prompts = [_prompt("What is a cat?", kind="harmless")]
+    texts = [["I can't help with that.", "A cat is a small pet animal."]]
+    plain, _ = io.collect_pairs(_online(prompts, texts, size=1), None, budget=9, first_draw=0)
+    on = _online(prompts, texts, size=1)
+    on.st.cfg.pairs.harmless_contrast = True
+    records, info = io.collect_pairs(on, None, budget=9, first_draw=0)
+    assert [r["origin"] for r in plain] == ["sampled"]
+    assert [r["origin"] for r in records] == ["sampled", "contrast"]
+    assert records[1]["chosen"] == "A cat is a small pet animal." and info["by_origin"] == {"sampled": 1, "contrast": 1}
+
+
 # -- the chain: budgets, carry-over, the reference of each round -------------------------------------
 def test_chain_carries_unspent_labels_and_sums_to_the_budget(tmp_path, monkeypatch):
     from dpokit.tasks.frontier_runs import FinishedRuns

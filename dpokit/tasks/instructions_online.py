@@ -177,7 +177,7 @@ def collect_pairs(on: Online, policy, budget: int, first_draw: int) -> tuple[lis
         failing += len(order)
         got, report = idata.rule_pairs([prompts[i] for i in order], _subset(samples, order), seed=cfg.pairs.seed + d,
                                        max_pairs_per_prompt=cfg.pairs.max_pairs_per_prompt, revise=cfg.pairs.revise,
-                                       revisions=cfg.pairs.revisions_per_prompt)
+                                       revisions=cfg.pairs.revisions_per_prompt, contrast_harmless=cfg.pairs.harmless_contrast)
         no_pair.update(report["no_pair_reasons"])
         room = budget - len(records)
         over += max(0, len(got) - room)
