@@ -21,9 +21,10 @@ def test_quick_instructions_on_the_bundled_model(real_model_dir, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert list(s["policy"]) == METHODS
 
-    # pairs: sampled + revised (+ files, none here) = total = the lines trained on
+    # pairs: sampled + revised + harmless contrast (+ files, none here) = total = the lines trained on
     c = s["pair_counts"]
-    assert c["sampled"] + c["revised"] + c["file"] == c["total"] == len((out / "pairs.jsonl").read_text().splitlines()) > 0
+    assert c["sampled"] + c["revised"] + c.get("contrast", 0) + c["file"] == c["total"] == len(
+        (out / "pairs.jsonl").read_text().splitlines()) > 0
     assert c["file"] == 0 and c["rules"]["by_origin"].get("revised", 0) == c["revised"]
 
     # every rate a probability inside its own interval
@@ -55,3 +56,11 @@ def test_quick_instructions_on_the_bundled_model(real_model_dir, tmp_path):
     assert s["judge_agreement"]["n"] == 6 and 0 <= s["judge_agreement"]["agreement"] <= 1
     assert s["ifbench"]["prompts_used"] > 0 and s["reference"]["ifbench"]["instruction_pass"]["n"] > 0
     assert (out / "report.md").exists() and (out / "pass_vs_kl.png").exists()
+
+    # the default recipe's structure: DPO, IPO and both RLOO runs start at Preferred-FT's point
+    # (dpo.start, rloo.start); IFBench only for the reference and the methods named
+    pft = [p for p in s["points"] if p["method"] == "preferred-ft"][-1]
+    for method in METHODS[1:]:
+        first = min((p for p in s["points"] if p["method"] == method), key=lambda p: p["step"])
+        assert first["step"] == 0 and first["kl"] == pft["kl"], method
+    assert sorted(m for m, b in s["policy"].items() if b.get("ifbench")) == ["dpo", "ipo"]

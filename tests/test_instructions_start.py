@@ -252,10 +252,14 @@ def test_online_rounds_from_preferred_ft_are_accepted():
     assert (cfg.dpo.start, cfg.online.rounds) == ("preferred-ft", 3)
 
 
-def test_defaults_are_unchanged():
+def test_code_defaults_are_unchanged_and_the_recipe_sets_the_measured_default():
     from dpokit.config import recipe
 
-    cfg = load_config(InstructionsConfig, recipe("instructions"))
+    cfg = InstructionsConfig()  # the code's defaults: what the keys did before they existed
     assert (cfg.dpo.start, cfg.pairs.revisions_per_prompt, cfg.pairs.harmless_contrast) == ("reference", 1, False)
-    assert cfg.rloo.start == "reference"
+    assert cfg.rloo.start == "reference" and cfg.prompts.n_heldout_safety == 0
     assert cfg.eval.ifbench_methods == [] and cfg.eval.kl_samples_per_prompt == 0 and cfg.bon.reuse_reference is False
+    cfg = load_config(InstructionsConfig, recipe("instructions"))  # the recipe README's numbers come from
+    assert (cfg.dpo.start, cfg.rloo.start, cfg.pairs.revisions_per_prompt, cfg.pairs.harmless_contrast) == (
+        "preferred-ft", "preferred-ft", 2, True)
+    assert (cfg.rpo_alpha, cfg.preferred_ft.lr, cfg.mixed_precision, cfg.prompts.n_heldout_safety) == (1.0, 5e-5, "bf16", 30)
