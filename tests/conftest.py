@@ -19,6 +19,20 @@ def real_model_dir():
 
 
 @pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A work directory holding a tiny causal LM in `lm/`. Module scope on purpose: the tests
+    write their runs and caches under it (`out/`, `cache/`), so each module gets a fresh one and
+    no module sees another's leftovers. (test_data_parallel, test_fsdp and test_sampling_bf16
+    define their own `tiny_lm`, which overrides this one there.)"""
+    from dpokit.testing import tiny_model, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_lm")
+    tiny_model().save_pretrained(root / "lm")
+    tiny_tokenizer().save_pretrained(root / "lm")
+    return root
+
+
+@pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """A tiny causal LM directory (`lm/`) and a reward model built on its backbone (`rm/`), for
     the online-RL tests (PPO, RLOO)."""

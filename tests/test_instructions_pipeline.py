@@ -12,16 +12,6 @@ METHODS = ["preferred-ft", "dpo", "ipo", "rloo-rm", "rloo-oracle"]
 RUNS = ["judge", "preferred-ft", "dpo", "ipo", "rm", "rloo-rm", "rloo-oracle", "best-of-n"]
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from dpokit.testing import tiny_model, tiny_tokenizer
-
-    root = tmp_path_factory.mktemp("instr")
-    tiny_model().save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    return root
-
-
 def _args(root, out, *extra):
     return ["run", "instructions", "--quick", f"model={root / 'lm'}", f"output_dir={out}", "progress=false",
             f"cache_dir={root / 'cache'}", "dpo.points=2", "max_steps=3", *extra]

@@ -14,16 +14,6 @@ from dpokit.config import ConfigError, load_config
 from dpokit.tasks.instructions_config import InstructionsConfig
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from dpokit.testing import tiny_model, tiny_tokenizer
-
-    root = tmp_path_factory.mktemp("instr-start")
-    tiny_model().save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    return root
-
-
 def _args(root, out, *extra):
     # only the runs the start touches: Preferred-FT, DPO, IPO (no RLOO, Best-of-N, judge, IFBench);
     # a large Preferred-FT lr so that its model clearly differs from the study's

@@ -16,14 +16,6 @@ from dpokit.cli import main
 from dpokit.testing import tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_lm")
-    tiny_model().save_pretrained(root)
-    tiny_tokenizer().save_pretrained(root)
-    return root
-
-
 def _word(rng, letters):
     return "".join(rng.choice(letters) for _ in range(rng.randint(3, 6)))
 
@@ -43,7 +35,7 @@ def case_pairs(tmp_path_factory):
 
 
 def rm_args(tiny_lm, pairs, out, *extra):
-    return ["rm", f"model={tiny_lm}", f"data={pairs}", f"output_dir={out}", "lr=3e-3", "batch_size=8", "epochs=2",
+    return ["rm", f"model={tiny_lm / 'lm'}", f"data={pairs}", f"output_dir={out}", "lr=3e-3", "batch_size=8", "epochs=2",
             "eval_fraction=0.25", "progress=false", "max_length=64", "max_prompt_length=32", *extra]
 
 
@@ -94,7 +86,7 @@ def test_ppo_and_rloo_commands_train_from_the_reward_model(tmp_path, tiny_lm, ca
     assert main(rm_args(tiny_lm, case_pairs, tmp_path / "rm", "max_steps=2")) == 0
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"q{i}:"}) + "\n" for i in range(8)))
-    common = [f"model={tiny_lm}", f"reward_model={tmp_path / 'rm' / 'final'}", f"prompts={prompts}", "steps=2",
+    common = [f"model={tiny_lm / 'lm'}", f"reward_model={tmp_path / 'rm' / 'final'}", f"prompts={prompts}", "steps=2",
               "max_new_tokens=4", "progress=false"]
     assert main(["ppo", *common, "rollout_size=4", "minibatch_size=2", "ppo_epochs=1", f"output_dir={tmp_path / 'ppo'}"]) == 0
     assert main(["rloo", *common, "rollout_prompts=2", "k=2", f"output_dir={tmp_path / 'rloo'}"]) == 0
@@ -143,7 +135,7 @@ def prompt_file(tmp_path_factory):
 
 def online_args(command, tiny_lm, prompts, out, *extra):
     shape = ["rollout_size=8", "minibatch_size=4", "ppo_epochs=2"] if command == "ppo" else ["rollout_prompts=4", "k=2"]
-    return [command, f"model={tiny_lm}", "reward=sentiment", f"prompts={prompts}", "max_new_tokens=6", "lr=3e-2",
+    return [command, f"model={tiny_lm / 'lm'}", "reward=sentiment", f"prompts={prompts}", "max_new_tokens=6", "lr=3e-2",
             "progress=false", f"output_dir={out}", *shape, *extra]
 
 
@@ -204,7 +196,7 @@ def test_text_and_chat_prompts_train_and_are_counted(tmp_path, capsys, tiny_lm):
     path.write_text(json.dumps({"prompt": "q0:"}) + "\n" + json.dumps({"prompt": chat}) + "\n" + json.dumps({"prompt": "q2:"}) + "\n")
     assert main(online_args("ppo", tiny_lm, path, tmp_path / "out", "steps=1", "n_prompts=2")) == 0
     assert "prompts: 3 read from" in capsys.readouterr().out
-    prompts = load_prompts(PPOConfig(model=str(tiny_lm), reward="sentiment", prompts=str(path)))
+    prompts = load_prompts(PPOConfig(model=str(tiny_lm / "lm"), reward="sentiment", prompts=str(path)))
     assert prompts[0] == "q0:" and prompts[1] == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert tiny_tokenizer()(prompts[1], add_special_tokens=False)["input_ids"].count(257) == 3  # <|im_start|>
 
@@ -215,7 +207,7 @@ def tiny_rm(tmp_path_factory, tiny_lm):
     from dpokit.rlhf.reward_model import build_reward_model, save_reward_model
 
     root = tmp_path_factory.mktemp("tiny_rm")
-    rm, tok = build_reward_model(tiny_lm)
+    rm, tok = build_reward_model(tiny_lm / "lm")
     save_reward_model(rm, tok, root)
     return root
 
