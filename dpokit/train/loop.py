@@ -29,6 +29,7 @@ from dpokit import accel
 from dpokit.config import TrainConfig, save_config, validate_train_config
 from dpokit.data.collate import resolve_pad_id
 from dpokit.train import checkpoint as ckpt
+from dpokit.train import checkpoint_sharded as sharded
 from dpokit.train import rundir
 from dpokit.train.backward_step import BackwardStepper
 from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm, json_safe
@@ -381,7 +382,7 @@ class Trainer:
             )
         if changes:
             self.log(f"warning: --force: resuming {path} despite {'; '.join(changes)}")
-        restore = ckpt.restore_sharded if self.place.fsdp else ckpt.restore_checkpoint
+        restore = sharded.restore_sharded if self.place.fsdp else ckpt.restore_checkpoint
         restore(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         self.skipped_steps, self.consecutive_skips = found.state["skipped_steps"], 0
         self.log(f"resumed from {path} at step {found.state['step']}")
@@ -393,7 +394,7 @@ class Trainer:
         state = {"skipped_steps": self.skipped_steps, "total_steps": self.total_steps, **self.identity()}
         parts = dict(model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler, state=state, cfg=self.cfg)
         if self.place.fsdp:
-            ckpt.save_sharded_checkpoint(self.run_dir, step, place=self.place, **parts)
+            sharded.save_sharded_checkpoint(self.run_dir, step, place=self.place, **parts)
         elif self.place.is_main:
             ckpt.save_checkpoint(self.run_dir, step, **parts)
         if self.place.is_main:
@@ -483,7 +484,7 @@ class Trainer:
                 self.log(f"warning: {self.skipped_steps} step(s) skipped for non-finite loss/gradient")
             extra["train_summary.json"] = self._write_summary(summary)
         if self.place.fsdp:  # the whole weights gathered on rank 0, which writes them
-            final = ckpt.save_full_model_sharded(self.model, self.tokenizer, final, self.cfg, extra, self.place)
+            final = sharded.save_full_model_sharded(self.model, self.tokenizer, final, self.cfg, extra, self.place)
         elif self.place.is_main:
             final = ckpt.save_final_model(self.model, self.tokenizer, final, self.cfg, extra)
         if self.place.is_main:
