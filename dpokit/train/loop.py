@@ -1,9 +1,8 @@
 """The training loop shared by SFT, every pairwise loss and the Bradley–Terry reward model.
 
-Order of pairs: epoch e uses a permutation seeded by (seed, e); optimizer step s takes the
-next `batch_size × grad_accum` pairs of it. The data position is therefore a function of the
-step alone, which is what makes `resume` reproduce the uninterrupted run exactly (with the
-optimizer, scheduler and RNG states from the checkpoint).
+Order of pairs: a function of the step alone (dpokit.train.order), which is what makes
+`resume` reproduce the uninterrupted run exactly (with the optimizer, scheduler and RNG states
+from the checkpoint).
 
 A step whose loss or gradient is not finite is skipped (no update) and counted. After
 `max_consecutive_skips` such steps in a row the run stops with `TrainingDiverged`: no final
@@ -34,6 +33,7 @@ from dpokit.train import rundir
 from dpokit.train.backward_step import BackwardStepper
 from dpokit.train.metrics import MetricSums, MetricsWriter, grad_norm, json_safe
 from dpokit.train.optim import build_optimizer, build_scheduler
+from dpokit.train.order import StepOrder, pairs_per_step, total_steps
 from dpokit.train.parallel_checks import check_data_parallel
 from dpokit.train.prepare import PreparedData, build_reference, prepare_data
 from dpokit.train.step import (
@@ -74,31 +74,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class StepOrder:
-    """Which pairs optimizer step `s` uses (see module docstring)."""
-
-    def __init__(self, n_items: int, pairs_per_step: int, seed: int) -> None:
-        self.n, self.per_step, self.seed = n_items, pairs_per_step, seed
-        self.steps_per_epoch = math.ceil(n_items / pairs_per_step)
-        self._perm_epoch, self._perm = -1, None
-
-    def indices(self, step: int) -> list[int]:
-        epoch, k = divmod(step, self.steps_per_epoch)
-        if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
-        return self._perm[k * self.per_step : (k + 1) * self.per_step]
-
-
-def total_steps(cfg: TrainConfig, order: StepOrder) -> int:
-    return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * order.steps_per_epoch))
-
-
-def pairs_per_step(cfg: TrainConfig, place: accel.Placement) -> int:
-    """Pairs in one optimizer step over all ranks: batch_size × grad_accum on each."""
-    return cfg.batch_size * cfg.grad_accum * place.world_size
 
 
 def _silent(*args, **kwargs) -> None:
