@@ -111,12 +111,18 @@ def bf16_autocast_wanted(setting: str, device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
+def config_wants_bf16(cfg, device: torch.device | None = None) -> bool:
+    """Whether a config (its `mixed_precision`, or the older `autocast_bf16: true`, which means
+    bf16) computes under bf16 autocast on `device` (this process's device when None). Training
+    (`resolve`) and the instructions study's sampling both ask this."""
+    return bool(cfg.autocast_bf16) or bf16_autocast_wanted(cfg.mixed_precision, device or current().device)
+
+
 def resolve(cfg, placement: Placement | None = None):
     """`cfg` with its precision decided for this placement: `autocast_bf16` set from
     `mixed_precision` (an explicit `autocast_bf16: true` is kept: it means bf16)."""
     placement = placement or current()
-    bf16 = cfg.autocast_bf16 or bf16_autocast_wanted(cfg.mixed_precision, placement.device)
-    return dataclasses.replace(cfg, autocast_bf16=bf16)
+    return dataclasses.replace(cfg, autocast_bf16=config_wants_bf16(cfg, placement.device))
 
 
 def autocast(enabled: bool, device: torch.device | str | None = None):

@@ -8,6 +8,13 @@ sorted by prompt length before batching so little compute goes to padding.
 Sampling is plain ancestral sampling at a temperature: top_p = 1.0 and top_k = 0 (off),
 so samples come from the model's own distribution (scaled by 1/temperature), which is
 what a KL estimate from policy samples assumes.
+
+Precision: fp32 by default. `autocast_bf16=True` (opt-in: the instructions study sets it when
+its mixed_precision resolves to bf16, dpokit.accel) runs the generate calls under bf16 autocast,
+which is faster on CPUs with bf16 instructions and on GPUs. The sampled tokens then differ from
+fp32 sampling at the same seed; they are still draws from the model's distribution up to the
+bf16 rounding of its logits. Log-probs of the samples (the KL estimate, the trainers) are
+computed elsewhere (dpokit.logprobs, dpokit.eval.policy_eval) in fp32, whatever was used here.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+
+from dpokit import accel
 
 
 @dataclass
@@ -80,6 +89,7 @@ def sample_completions(
     desc: str = "sampling",
     add_special_tokens: bool = False,
     eos_token_id: int | list[int] | None = None,
+    autocast_bf16: bool = False,
 ) -> list[list[Completion]]:
     """Sample `n_per_prompt` completions for every prompt; result[i][k] is the k-th
     completion of prompts[i].
@@ -89,6 +99,8 @@ def sample_completions(
     The same call (same model, prompts, settings and seed) returns the same samples:
     the RNG is seeded inside a forked RNG state, so the caller's global RNG is left
     untouched. With `greedy=True` decoding is argmax and `temperature` is ignored.
+    `autocast_bf16`: generate under bf16 autocast on the model's device, for speed (other tokens
+    than fp32 sampling at the same seed; module docstring). False (the default) is fp32.
     """
     if n_per_prompt < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("n_per_prompt, max_new_tokens and batch_size must be >= 1")
@@ -124,7 +136,7 @@ def sample_completions(
     devices = [device] if device.type == "cuda" else []
     bar = tqdm(total=len(rows), desc=desc, unit="seq", disable=not progress)
     try:
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), accel.autocast(autocast_bf16, device):
             torch.manual_seed(seed)
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start:start + batch_size]

@@ -38,8 +38,12 @@ class OnlineCheckpoint:
 
 def identity(cfg, prompts: list) -> dict:
     """What a resumed round depends on besides the checkpoint: the config keys outside
-    `cfg.NON_TRAJECTORY_KEYS` (through JSON, as state.json gives them back) and the prompts."""
-    keys = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in cfg.NON_TRAJECTORY_KEYS}
+    `cfg.NON_TRAJECTORY_KEYS` (through JSON, as state.json gives them back) and the prompts.
+    Keys of `cfg.LATER_DEFAULTS` at their default are left out: a checkpoint written before
+    such a key existed still resumes."""
+    later = getattr(cfg, "LATER_DEFAULTS", {})
+    keys = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in cfg.NON_TRAJECTORY_KEYS and not (k in later and v == later[k])}
     digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()  # ASCII: \u escapes
     return {"config": json.loads(json.dumps(keys)), "prompts": {"count": len(prompts), "sha256": digest}}
 

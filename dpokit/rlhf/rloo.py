@@ -96,7 +96,7 @@ class RLOOTrainer:
         comps = sample_completions(
             self.policy, self.tokenizer, prompts, n_per_prompt=cfg.k, max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature, batch_size=cfg.samples_per_round, seed=cfg.seed * ROUND_SEED_STRIDE + rnd,
-            progress=False,
+            progress=False, autocast_bf16=cfg.rollout_bf16,
         )
         prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         rows = [(prompt_ids[i], c) for i, row in enumerate(comps) for c in row]

@@ -16,7 +16,14 @@ class RLOOConfig(OnlineConfig):
     clip_eps: float = ranged(0.2, gt=0)  # ratio clip ε, used only when ppo_epochs > 1
     minibatch_size: int = ranged(16, ge=1, note="samples per forward pass; gradients accumulate over the round")
     # kl_coef: β of the sequence-level penalty r = score − β·Σ_t log π/π_ref
+    # Rollouts (sampling only) under bf16 autocast: faster; other tokens than fp32 at the same seed.
+    # Log-probs, KL and the update stay fp32 (dpokit.generate).
+    rollout_bf16: bool = False
     output_dir: str = "runs/rloo"
+
+    # Keys added after runs were stored, at the value that reproduces them: run keys
+    # (tasks.frontier_runs.settings_of) and checkpoint identities leave them out at that value.
+    LATER_DEFAULTS = {"rollout_bf16": False}
 
     @property
     def samples_per_round(self) -> int:

@@ -32,12 +32,14 @@ LATER_SETTINGS = {"mixed_precision": "auto", "kto_desirable_weight": 1.0, "kto_u
 
 
 def settings_of(cfg) -> dict:
-    """A run's config as its key sees it: every field, less LATER_SETTINGS at their defaults."""
+    """A run's config as its key sees it: every field, less LATER_SETTINGS (and the config's own
+    LATER_DEFAULTS, e.g. RLOOConfig.rollout_bf16) at their defaults."""
     import dataclasses
 
+    later = {**LATER_SETTINGS, **getattr(cfg, "LATER_DEFAULTS", {})}
     # and keys inside sections (lora.layers) by the same rule
     return without_later_defaults({k: v for k, v in dataclasses.asdict(cfg).items()
-                                   if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])})
+                                   if not (k in later and v == later[k])})
 
 
 def key_of(*parts) -> str:

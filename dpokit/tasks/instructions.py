@@ -19,6 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from dpokit import accel
 from dpokit.config import ConfigError, save_config
 from dpokit.eval import instructions_eval as ie
 from dpokit.eval import policy_eval as pe
@@ -36,10 +37,11 @@ class Evaluator:
     """Samples a policy on the held-out prompts (and the IFBench ones) with the study's settings,
     measures KL(π‖π_ref) from the policy's samples, and returns the policy's point: the headline
     rates at the top level, the full block under "metrics", the responses under "texts" (for
-    win rates against other methods later)."""
+    win rates against other methods later). `bf16`: sample under bf16 autocast
+    (`samples_in_bf16`); every sampling of the study follows `self.bf16`."""
 
-    def __init__(self, cfg, ref_model, tokenizer, heldout, rendered, ifbench, ifbench_rendered, stage):
-        self.cfg, self.ref_model, self.tokenizer, self.stage = cfg, ref_model, tokenizer, stage
+    def __init__(self, cfg, ref_model, tokenizer, heldout, rendered, ifbench, ifbench_rendered, stage, bf16: bool = False):
+        self.cfg, self.ref_model, self.tokenizer, self.stage, self.bf16 = cfg, ref_model, tokenizer, stage, bf16
         self.heldout, self.rendered = heldout, rendered
         self.ifbench, self.ifbench_rendered = ifbench, ifbench_rendered
         self.ids_digest = digest([p.id for p in heldout])
@@ -51,8 +53,8 @@ class Evaluator:
 
     def settings(self, ifbench: bool = False) -> dict:
         e, p = self.cfg.eval, self.cfg.pairs
-        return {"n": e.samples_per_prompt, "max_new_tokens": e.ifbench_max_new_tokens if ifbench else p.max_new_tokens,
-                "temperature": self.temperature, "batch_size": p.batch_size, "seed": e.seed}
+        return with_precision({"n": e.samples_per_prompt, "max_new_tokens": e.ifbench_max_new_tokens if ifbench else p.max_new_tokens,
+                               "temperature": self.temperature, "batch_size": p.batch_size, "seed": e.seed}, self.bf16)
 
     def on_ifbench(self, method: str) -> bool:
         """Whether `method`'s points are sampled on IFBench too: eval.ifbench_methods names them
@@ -120,11 +122,25 @@ def _fmt(x) -> str:
 
 
 # -- the study ------------------------------------------------------------------------------------
+def samples_in_bf16(cfg, model) -> bool:
+    """Whether the study samples under bf16 autocast: when its mixed_precision (or the older
+    autocast_bf16) asks training for bf16 on the device the model sits on (dpokit.accel decides,
+    as for training). Log-probs (the KL, the trainers) stay fp32 either way."""
+    return accel.config_wants_bf16(cfg, next(model.parameters()).device)
+
+
+def with_precision(settings: dict, bf16: bool) -> dict:
+    """Sampling settings with `autocast_bf16: True` joined when on. Left out when off, so fp32
+    sampling keeps the sample-cache and run keys it had before the option existed; when on,
+    every key that holds the settings (sample caches, st.base: every run) changes."""
+    return {**settings, "autocast_bf16": True} if bf16 else settings
+
+
 def train_samples(cfg, st_log, model, tokenizer, fp, train, rendered_of, cache_dir: Path):
     """The reference's samples of the train prompts (the sample cache: sampled once)."""
     p = cfg.pairs
-    settings = {"n": p.samples_per_prompt, "max_new_tokens": p.max_new_tokens, "temperature": p.temperature,
-                "batch_size": p.batch_size, "seed": p.seed}
+    settings = with_precision({"n": p.samples_per_prompt, "max_new_tokens": p.max_new_tokens, "temperature": p.temperature,
+                               "batch_size": p.batch_size, "seed": p.seed}, samples_in_bf16(cfg, model))
     return idata.cached_prompt_samples(cache_dir, "instructions-train", fp, model, tokenizer, train,
                                        [rendered_of[x.id] for x in train], settings, st_log)
 
@@ -184,11 +200,15 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
     stage(f"loading {cfg.model}")
     ref_model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     fp = model_fingerprint(ref_model)
+    bf16 = samples_in_bf16(cfg, ref_model)
+    if bf16:
+        stage("sampling under bf16 autocast (mixed_precision); log-probs and the KL in fp32")
     rendered_of = {p.id: idata.render(tokenizer, p.text) for p in prompts}
     records, counts = make_pairs(cfg, stage, ref_model, tokenizer, fp, train, rendered_of, run_dir, cache_dir, files)
 
     rendered = [rendered_of[p.id] for p in heldout]
-    ev = Evaluator(cfg, ref_model, tokenizer, heldout, rendered, ifbench, [idata.render(tokenizer, i.text) for i in ifbench], stage)
+    ev = Evaluator(cfg, ref_model, tokenizer, heldout, rendered, ifbench, [idata.render(tokenizer, i.text) for i in ifbench], stage,
+                   bf16=bf16)
     stage(f"sampling the reference on {len(heldout)} held-out prompts" + (f" and {len(ifbench)} IFBench prompts" if ifbench else ""))
     ref_samples = idata.cached_prompt_samples(cache_dir, "instructions-heldout", fp, ref_model, tokenizer, heldout, rendered,
                                               ev.settings(), stage)
@@ -212,7 +232,7 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
     if ev.temperature != 1.0:  # the KL then uses tempered log-probs (it used untempered ones before)
         base["kl_temperature"] = ev.temperature
     st = im.Study(cfg, run_dir, ev, FinishedRuns(run_dir, resume=resume, log=stage), base, train_rendered, prompt_of,
-                  heldout_pairs(cfg, heldout, ref_samples, run_dir), ref_samples=ref_samples)
+                  heldout_pairs(cfg, heldout, ref_samples, run_dir), ref_samples=ref_samples, bf16=bf16)
 
     results = {"judge": im.judge(st, ref_model, tokenizer, records) if cfg.judge.pairs else None}
     points, train_info = [], {}

@@ -131,11 +131,14 @@ def oracle_reward(prompt: InstructionPrompt, text: str) -> float:
 
 
 def sample_prompts(model, tokenizer, prompts: list[InstructionPrompt] | None, rendered: list[str], *, n: int, max_new_tokens: int,
-                   temperature: float, batch_size: int, seed: int, progress: bool = False, desc: str = "sampling") -> SampleSet:
+                   temperature: float, batch_size: int, seed: int, progress: bool = False, desc: str = "sampling",
+                   autocast_bf16: bool = False) -> SampleSet:
     """n samples per prompt; `rewards` = the oracle reward of each (kept with the cached samples),
-    or 0.0 when `prompts` is None (IFBench: judged per instruction later)."""
+    or 0.0 when `prompts` is None (IFBench: judged per instruction later). `autocast_bf16`:
+    sample under bf16 autocast (dpokit.generate; the study's `samples_in_bf16`)."""
     comps = sample_completions(model, tokenizer, rendered, n_per_prompt=n, max_new_tokens=max_new_tokens,
-                               temperature=temperature, batch_size=batch_size, seed=seed, progress=progress, desc=desc)
+                               temperature=temperature, batch_size=batch_size, seed=seed, progress=progress, desc=desc,
+                               autocast_bf16=autocast_bf16)
     if prompts is None:
         rewards = [[0.0] * len(row) for row in comps]
     else:

@@ -51,6 +51,7 @@ class Study:
     pft_key: str | None = None  # the Preferred-FT run's key and final point, once it exists
     pft_point: dict | None = None
     ref_samples: Any = None  # the reference's held-out SampleSet (Best-of-N may reuse it)
+    bf16: bool = False  # every sampling under bf16 autocast (instructions.samples_in_bf16; in st.base's eval settings)
 
     @property
     def pairs(self) -> Path:
@@ -211,7 +212,7 @@ def rloo(st: Study, method: str) -> dict:
         reward_model=str(st.rm_dir) if with_rm else None,
         kl_coef=r.kl_coef, steps=r.steps, rollout_prompts=r.rollout_prompts, k=r.k, lr=r.lr,
         max_new_tokens=cfg.pairs.max_new_tokens, temperature=cfg.pairs.temperature, seed=cfg.seed,
-        output_dir=str(st.run_dir / method), progress=False,
+        output_dir=str(st.run_dir / method), progress=False, rollout_bf16=st.bf16,  # sampled as the study samples
     )
     # the model path alone does not say which weights are there: Preferred-FT's key does
     key = key_of(st.base, settings_of(rloo_cfg), st.rm_key if with_rm else None, st.train_rendered, r.points,
@@ -257,8 +258,7 @@ def _bon_samples(st: Study, ref_model, tokenizer) -> list[list]:
         return reused
     comps = sample_completions(ref_model, tokenizer, ev.rendered, n_per_prompt=extra, max_new_tokens=cfg.pairs.max_new_tokens,
                                temperature=cfg.eval.temperature or cfg.pairs.temperature, batch_size=cfg.pairs.batch_size,
-                               seed=cfg.eval.seed + 1,
-                               progress=False, desc="best-of-n")
+                               seed=cfg.eval.seed + 1, progress=False, desc="best-of-n", autocast_bf16=st.bf16)
     return [old + new for old, new in zip(reused, comps)] if reused else comps
 
 

@@ -152,7 +152,7 @@ def _sample_draw(on: Online, policy, prompts, passes: list[int], seed: int) -> S
     return idata.sample_prompts(policy if policy is not None else on.ref_model, on.tokenizer, prompts,
                                 [on.rendered_of[x.id] for x in prompts], n=p.samples_per_prompt,
                                 max_new_tokens=p.max_new_tokens, temperature=p.temperature, batch_size=p.batch_size,
-                                seed=seed, desc="online samples")
+                                seed=seed, desc="online samples", autocast_bf16=on.st.bf16)
 
 
 def collect_pairs(on: Online, policy, budget: int, first_draw: int) -> tuple[list[dict], dict]:
