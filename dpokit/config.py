@@ -256,7 +256,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         number = _coerce_number(value, tp, key)
         if number is not None:
             return number
-    if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    if tp is str and isinstance(value, bool):
+        # YAML 1.1 reads an unquoted no / off / false as False (yes / on / true as True):
+        # `mixed_precision: no` means the word; the field's own check then judges it
+        return "yes" if value else "no"
+    if tp is str and isinstance(value, (str, int, float)):
         return str(value)
     raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {short(value)}")
 

@@ -272,3 +272,14 @@ def test_lora_section_is_what_load_model_takes(tmp_path):
     model, _ = models.load_model(tmp_path / "tiny", lora=cfg.lora)
     peft_cfg = model.peft_config["default"]
     assert (peft_cfg.r, peft_cfg.lora_alpha, sorted(peft_cfg.target_modules)) == (2, 6, ["q_proj", "v_proj"])
+
+
+def test_an_unquoted_yaml_no_is_the_word_for_a_text_setting(tmp_path):
+    # YAML 1.1 reads `no` as False: `mixed_precision: no` (file or override) must mean "no", not
+    # "expected str, got False"; a bool-meaning word still meets the field's own check
+    assert load_config(TrainConfig, None, ["mixed_precision=no"]).mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\n")
+    assert load_config(TrainConfig, path).mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(TrainConfig, None, ["mixed_precision=yes"]).validate()

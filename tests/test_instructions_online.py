@@ -216,7 +216,8 @@ def online_run(tmp_path_factory):
     args = ["run", "instructions", "--quick", f"model={root / 'lm'}", f"output_dir={root / 'out'}", "progress=false",
             f"cache_dir={root / 'cache'}", "max_steps=3", "online.rounds=2", "online.reference=both",
             # only what the online comparison needs (the other methods are the pipeline test's)
-            "preferred_ft.enabled=false", "rloo.reward_model=false", "rloo.oracle=false", "bon.m=0", "judge.pairs=0",
+            "preferred_ft.enabled=false", "dpo.start=reference", "rloo.start=reference", "rloo.reward_model=false",
+            "rloo.oracle=false", "bon.m=0", "judge.pairs=0",
             "eval.ifbench=false"]
     assert main(args) == 0
     return root, args, json.loads((root / "out" / "summary.json").read_text())

@@ -14,7 +14,9 @@ RUNS = ["judge", "preferred-ft", "dpo", "ipo", "rm", "rloo-rm", "rloo-oracle", "
 
 def _args(root, out, *extra):
     return ["run", "instructions", "--quick", f"model={root / 'lm'}", f"output_dir={out}", "progress=false",
-            f"cache_dir={root / 'cache'}", "dpo.points=2", "max_steps=3", *extra]
+            f"cache_dir={root / 'cache'}", "dpo.points=2", "max_steps=3",
+            # the methods from the study's model, as this file's relations assume (the starts: test_instructions_start*)
+            "dpo.start=reference", "rloo.start=reference", *extra]
 
 
 @pytest.fixture(scope="module")

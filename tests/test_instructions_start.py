@@ -20,7 +20,8 @@ def _args(root, out, *extra):
     return ["run", "instructions", "--quick", f"model={root / 'lm'}", f"output_dir={out}", "progress=false",
             f"cache_dir={root / 'cache'}", "max_steps=2", "rloo.reward_model=false", "rloo.oracle=false", "bon.m=0",
             "judge.pairs=0", "eval.ifbench=false", "preferred_ft.lr=1e-3", "preferred_ft.epochs=1",
-            "dpo.start=preferred-ft", *extra]
+            # fp32: the start's checks are exact (DPO's first margins 0 against its own reference)
+            "dpo.start=preferred-ft", "mixed_precision=no", *extra]
 
 
 # the study fixture adds what else starts from Preferred-FT: RLOO on the checker (no reward model
