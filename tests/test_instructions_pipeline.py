@@ -52,11 +52,13 @@ def test_summary_keys_and_pair_counts(study):
     assert s["policy"]["dpo"]["step"] == 3
     c = s["pair_counts"]
     lines = (out / "pairs.jsonl").read_text().splitlines()
-    assert c["sampled"] + c["revised"] + c["file"] == c["total"] == len(lines)
+    assert c["sampled"] + c["revised"] + c["contrast"] + c["file"] == c["total"] == len(lines)
     origins = [json.loads(l)["origin"] for l in lines]
-    assert (origins.count("sampled"), origins.count("revised"), origins.count("file")) == (c["sampled"], c["revised"], c["file"])
+    assert [origins.count(o) for o in ("sampled", "revised", "contrast", "file")] == [
+        c["sampled"], c["revised"], c["contrast"], c["file"]]
+    assert c["contrast"] > 0  # the recipe's harmless contrast pairs
     assert c["file"] == 5 and c["files"]["skipped"] == 2  # the fixtures: 7 records, 2 counted skips
-    assert c["rules"]["by_origin"] == {k: v for k, v in (("revised", c["revised"]), ("sampled", c["sampled"])) if v}
+    assert c["rules"]["by_origin"] == {k: c[k] for k in ("contrast", "revised", "sampled") if c[k]}
 
 
 def test_every_rate_is_a_probability_inside_its_interval(study):
