@@ -217,6 +217,8 @@ def online_run(tmp_path_factory):
             f"cache_dir={root / 'cache'}", "max_steps=3", "online.rounds=2", "online.reference=both",
             # only what the online comparison needs (the other methods are the pipeline test's)
             "preferred_ft.enabled=false", "dpo.start=reference", "rloo.start=reference", "rloo.reward_model=false",
+            # this file's settings: fp32 (exact first margins), no contrast pairs, one revision (an odd N)
+            "mixed_precision=no", "pairs.harmless_contrast=false", "pairs.revisions_per_prompt=1",
             "rloo.oracle=false", "bon.m=0", "judge.pairs=0",
             "eval.ifbench=false"]
     assert main(args) == 0

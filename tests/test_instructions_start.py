@@ -254,3 +254,14 @@ def test_code_defaults_are_unchanged_and_the_recipe_sets_the_measured_default():
     assert (cfg.dpo.start, cfg.rloo.start, cfg.pairs.revisions_per_prompt, cfg.pairs.harmless_contrast) == (
         "preferred-ft", "preferred-ft", 2, True)
     assert (cfg.rpo_alpha, cfg.preferred_ft.lr, cfg.mixed_precision, cfg.prompts.n_heldout_safety) == (1.0, 5e-5, "bf16", 30)
+
+def test_ifbench_methods_robust_names_the_robust_variant_whatever_its_loss():
+    from dpokit.config import recipe
+    from dpokit.tasks.instructions import ifbench_methods
+
+    for loss in ("ipo", "cdpo"):  # the recipe names "robust": a changed robust.loss is no config error
+        cfg = load_config(InstructionsConfig, recipe("instructions"), [f"robust.loss={loss}"])
+        assert ifbench_methods(cfg) == ["dpo", loss]
+    # the measured run's key named "ipo": the same list, so its runs keep their keys
+    cfg = load_config(InstructionsConfig, recipe("instructions"), ["eval.ifbench_methods=[dpo, ipo]"])
+    assert ifbench_methods(cfg) == ["dpo", "ipo"]

@@ -64,7 +64,7 @@ class EvalSection:
     ifbench_max_new_tokens: int = ranged(128, ge=1, note="IFBench asks for long answers (up to hundreds of words)")
     ifbench_prompts: int = ranged(24, ge=0, note="IFBench prompts sampled (first by a hash of the key); 0 = every judged one")
     # the methods sampled on IFBench besides the reference (its samples cost about a third of an
-    # evaluation); empty = every method
+    # evaluation); empty = every method; "robust" = the robust variant, whatever robust.loss
     ifbench_methods: list[str] = field(default_factory=list)
     examples: int = ranged(6, ge=0)  # side-by-side examples in the report
 
@@ -173,7 +173,7 @@ class InstructionsConfig(TrainConfig):
         if self.eval.kl_samples_per_prompt > self.eval.samples_per_prompt:
             raise ConfigError(f"eval.kl_samples_per_prompt ({self.eval.kl_samples_per_prompt}) must be ≤ "
                               f"eval.samples_per_prompt ({self.eval.samples_per_prompt})")
-        methods = ("preferred-ft", "dpo", self.robust.loss, "rloo-rm", "rloo-oracle")
+        methods = ("preferred-ft", "dpo", self.robust.loss, "robust", "rloo-rm", "rloo-oracle")  # robust = robust.loss
         unknown = [m for m in self.eval.ifbench_methods if m not in methods]
         if unknown:
             raise ConfigError(f"eval.ifbench_methods: {', '.join(map(str, unknown))} not among the methods {', '.join(methods)}")
