@@ -257,11 +257,10 @@ def test_code_defaults_are_unchanged_and_the_recipe_sets_the_measured_default():
 
 def test_ifbench_methods_robust_names_the_robust_variant_whatever_its_loss():
     from dpokit.config import recipe
-    from dpokit.tasks.instructions import ifbench_methods
 
     for loss in ("ipo", "cdpo"):  # the recipe names "robust": a changed robust.loss is no config error
         cfg = load_config(InstructionsConfig, recipe("instructions"), [f"robust.loss={loss}"])
-        assert ifbench_methods(cfg) == ["dpo", loss]
+        assert cfg.ifbench_methods() == ["dpo", loss]
     # the measured run's key named "ipo": the same list, so its runs keep their keys
     cfg = load_config(InstructionsConfig, recipe("instructions"), ["eval.ifbench_methods=[dpo, ipo]"])
-    assert ifbench_methods(cfg) == ["dpo", "ipo"]
+    assert cfg.ifbench_methods() == ["dpo", "ipo"]

@@ -197,3 +197,51 @@ def test_report_says_the_online_arms_start_from_preferred_ft():
 def test_paths_are_the_studys(tmp_path):
     st = _study(tmp_path, "dpo.start=preferred-ft")
     assert im.pft_final(st) == Path(tmp_path) / "preferred-ft" / "final" and im.from_pft(st) and not im.from_pft(st, "rloo")
+
+
+# -- Preferred-FT on some prompt kinds only ----------------------------------------------------------
+def _records():
+    import json
+    rows = [{"prompt": "c", "chosen": "a", "rejected": "b", "kind": "constraint"},
+            {"prompt": "h", "chosen": "I can't help with that.", "rejected": "sure", "kind": "harmful"},
+            {"prompt": "q", "chosen": "yes", "rejected": "I can't help with that.", "kind": "harmless"},
+            {"prompt": "f", "chosen": "x", "rejected": "y"}]  # from a pair file: no kind
+    return rows, "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_preferred_ft_trains_on_the_kinds_it_names_and_on_kindless_file_pairs(tmp_path, monkeypatch):
+    import json
+    rows, text = _records()
+    st = _study(tmp_path, "preferred_ft.kinds=[constraint, harmless]")
+    st.pairs.write_text(text)
+    seen = {}
+    monkeypatch.setattr(st.runs, "run", lambda name, key, compute, intact=None: seen.update(key=key, data=compute.args[0].data)
+                        or {"points": [{"step": 3}], "train": {}})
+    im.preferred_ft(st)
+    trained = [json.loads(line) for line in Path(seen["data"]).read_text().splitlines()]
+    assert seen["data"] == str(tmp_path / "preferred_ft_pairs.jsonl")
+    assert [r["prompt"] for r in trained] == ["c", "q", "f"]  # the refusal-chosen harmful pair is left out
+    # every kind (the default): pairs.jsonl itself, so the run keeps the key it always had
+    st_all = _study(tmp_path)
+    assert im.preferred_ft_data(st_all) == st_all.pairs
+    keys = {}
+    monkeypatch.setattr(st_all.runs, "run", lambda name, key, compute, intact=None: keys.update(all=key)
+                        or {"points": [{"step": 3}], "train": {}})
+    im.preferred_ft(st_all)
+    assert keys["all"] != seen["key"]
+
+
+def test_preferred_ft_kinds_that_select_nothing_is_a_config_error(tmp_path):
+    from dpokit.config import ConfigError
+    st = _study(tmp_path, "preferred_ft.kinds=[harmful]")
+    st.pairs.write_text("".join(line + "\n" for line in _records()[1].replace('"kind": "harmful"', '"kind": "harmless"')
+                                .splitlines() if '"kind"' in line))  # the kindless file pair would be kept
+    with pytest.raises(ConfigError, match="no pair .* has a prompt of these kinds"):
+        im.preferred_ft_data(st)
+
+
+@pytest.mark.parametrize("value", ["[]", "[constraint, harmfull]"])
+def test_preferred_ft_kinds_are_checked(value):
+    from dpokit.config import ConfigError
+    with pytest.raises(ConfigError, match="preferred_ft.kinds"):
+        load_config(InstructionsConfig, None, [f"preferred_ft.kinds={value}"])

@@ -59,7 +59,7 @@ class Evaluator:
     def on_ifbench(self, method: str) -> bool:
         """Whether `method`'s points are sampled on IFBench too: eval.ifbench_methods names them
         (empty = every method); the reference always is (when eval.ifbench is on)."""
-        named = ifbench_methods(self.cfg)
+        named = self.cfg.ifbench_methods()
         return bool(self.ifbench) and (not named or method in named)
 
     def sample(self, model, desc: str, ifbench: bool = True):
@@ -226,7 +226,7 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
             "ifbench_eval": ev.settings(ifbench=True), "dtype": cfg.dtype}
     # keys that came later join only when set, so that the default's run keys stay as they were
     if cfg.eval.ifbench_methods:
-        base["ifbench_methods"] = sorted(ifbench_methods(cfg))
+        base["ifbench_methods"] = sorted(cfg.ifbench_methods())
     if cfg.eval.kl_samples_per_prompt:
         base["kl_samples_per_prompt"] = cfg.eval.kl_samples_per_prompt
     if ev.temperature != 1.0:  # the KL then uses tempered log-probs (it used untempered ones before)
@@ -275,9 +275,3 @@ def run_instructions(cfg, log=print, resume: bool = False) -> dict:
     summary["elapsed_s"] = stage.elapsed()
     write_outputs(run_dir, summary, reference, points, bon["points"], heldout, cfg, stage)
     return summary
-
-
-def ifbench_methods(cfg) -> list[str]:
-    """eval.ifbench_methods with "robust" read as the robust variant's name (robust.loss), so a
-    recipe naming "robust" holds whichever loss a user picks."""
-    return [cfg.robust.loss if m == "robust" else m for m in cfg.eval.ifbench_methods]

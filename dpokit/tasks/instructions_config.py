@@ -75,11 +75,19 @@ class JudgeSection:
     seed: int = ranged(0, **SEED_RANGE)
 
 
+PROMPT_KINDS = ("constraint", "harmful", "harmless")
+
+
 @dataclass
 class PreferredFTSection:
     enabled: bool = True
     lr: float = ranged(1.0e-5, gt=0)
     epochs: float = ranged(1.0, gt=0)
+    # the prompt kinds whose chosen responses Preferred-FT trains on. Without "harmful" it never
+    # sees a refusal template: a DPO anchored to it learns refusal only from the pairs, against
+    # the harmless prompts' answer ≻ refusal pairs, instead of inheriting an SFT model that refuses
+    # harmless questions too. Pair-file records without a kind are always kept.
+    kinds: list[str] = field(default_factory=lambda: list(PROMPT_KINDS))
 
 
 DPO_STARTS = ("reference", "preferred-ft")
@@ -173,10 +181,14 @@ class InstructionsConfig(TrainConfig):
         if self.eval.kl_samples_per_prompt > self.eval.samples_per_prompt:
             raise ConfigError(f"eval.kl_samples_per_prompt ({self.eval.kl_samples_per_prompt}) must be ≤ "
                               f"eval.samples_per_prompt ({self.eval.samples_per_prompt})")
-        methods = ("preferred-ft", "dpo", self.robust.loss, "robust", "rloo-rm", "rloo-oracle")  # robust = robust.loss
-        unknown = [m for m in self.eval.ifbench_methods if m not in methods]
+        methods = ("preferred-ft", "dpo", self.robust.loss, "rloo-rm", "rloo-oracle")
+        unknown = [m for m in self.ifbench_methods() if m not in methods]
         if unknown:
-            raise ConfigError(f"eval.ifbench_methods: {', '.join(map(str, unknown))} not among the methods {', '.join(methods)}")
+            raise ConfigError(f"eval.ifbench_methods: {', '.join(map(str, unknown))} not among the methods "
+                              f"{', '.join(methods)} (or robust: robust.loss)")
+        kinds = self.preferred_ft.kinds
+        if not kinds or any(k not in PROMPT_KINDS for k in kinds):
+            raise ConfigError(f"preferred_ft.kinds: {kinds} must be a non-empty list of {', '.join(PROMPT_KINDS)}")
         if self.robust.loss not in ROBUST_LOSSES:
             raise ConfigError(f"robust.loss: {self.robust.loss!r} is not one of {', '.join(ROBUST_LOSSES)}")
         if self.robust.loss in ("cdpo", "robust") and self.robust.label_smoothing == 0:
@@ -193,6 +205,11 @@ class InstructionsConfig(TrainConfig):
         if self.rloo.rollout_prompts * self.rloo.k < 2:
             raise ConfigError("rloo: rollout_prompts × k must be ≥ 2")
         self._validate_online()
+
+    def ifbench_methods(self) -> list[str]:
+        """eval.ifbench_methods with "robust" read as the robust variant's name (robust.loss), so a
+        recipe naming "robust" holds whichever loss a user picks."""
+        return [self.robust.loss if m == "robust" else m for m in self.eval.ifbench_methods]
 
     def _validate_start(self) -> None:
         for name, start in (("dpo", self.dpo.start), ("rloo", self.rloo.start)):

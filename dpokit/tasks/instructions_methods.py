@@ -15,6 +15,7 @@ key, so `dpokit run instructions --resume` reuses what an earlier invocation fin
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -23,10 +24,12 @@ from typing import Any
 
 import torch
 
+from dpokit.config import ConfigError
 from dpokit.rlhf import online
 from dpokit.rlhf.rloo import RLOOTrainer
 from dpokit.tasks.frontier_methods import eval_steps, online_points
 from dpokit.tasks.frontier_runs import FinishedRuns, file_digest, key_of, settings_of
+from dpokit.tasks.instructions_config import PROMPT_KINDS
 from dpokit.tasks.instructions_data import oracle_reward
 from dpokit.tasks.sentiment import train_config_of
 
@@ -90,10 +93,26 @@ def _starting_at_pft(st: Study, done: dict, method: str, setting: str) -> dict:
                               + done["points"]}
 
 
+def preferred_ft_data(st: Study) -> Path:
+    """The pair file Preferred-FT trains on (the chosen responses): pairs.jsonl, or with
+    preferred_ft.kinds short of every kind, its records of those prompt kinds (records without a
+    kind, from pair files, kept) in preferred_ft_pairs.jsonl."""
+    kinds = st.cfg.preferred_ft.kinds
+    if set(PROMPT_KINDS) <= set(kinds):
+        return st.pairs  # the default: the run's data and key as they always were
+    lines = st.pairs.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line).get("kind") in (None, *kinds)]
+    if not kept:
+        raise ConfigError(f"preferred_ft.kinds={kinds}: no pair in {st.pairs} has a prompt of these kinds")
+    out = st.run_dir / "preferred_ft_pairs.jsonl"
+    out.write_text("".join(line + "\n" for line in kept))
+    return out
+
+
 def preferred_ft(st: Study) -> dict:
     p = st.cfg.preferred_ft
     # rpo_alpha (top level, for DPO and the robust variant) does nothing to SFT: 0 here keeps it out of this run's key
-    sft_cfg = train_config_of(st.cfg, objective="sft", loss="dpo", data=str(st.pairs), eval_data=None, eval_fraction=0.0,
+    sft_cfg = train_config_of(st.cfg, objective="sft", loss="dpo", data=str(preferred_ft_data(st)), eval_data=None, eval_fraction=0.0,
                               lr=p.lr, epochs=p.epochs, max_steps=0, output_dir=str(st.run_dir / "preferred-ft"), save_every=0,
                               rpo_alpha=0.0)
     key = key_of(st.base, settings_of(sft_cfg), file_digest(sft_cfg.data))
