@@ -138,7 +138,8 @@ def sample_completions(
     try:
         # no_grad, not inference_mode: under inference_mode autocast re-casts every fp32 weight to
         # bf16 at every layer call of every decode step (its cast cache skips it there); under
-        # no_grad each weight is cast once per call here. The casts are exact: same samples.
+        # no_grad each weight is cast once per call here (the cache keeps only weights that require
+        # grad: a frozen model's are still re-cast). The casts are exact: same samples.
         with torch.random.fork_rng(devices=devices), torch.no_grad(), accel.autocast(autocast_bf16, device):
             torch.manual_seed(seed)
             for start in range(0, len(rows), batch_size):
