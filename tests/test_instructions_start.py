@@ -114,10 +114,11 @@ def test_resume_redoes_dpo_when_preferred_ft_changes(study, tiny_lm):
     for method in ("dpo", "rloo-oracle"):
         assert again["policy"][method]["kl"] != s["policy"][method]["kl"]
     assert again["online"]["chains"]["fixed"][1]["kl"] != s["online"]["chains"]["fixed"][1]["kl"]
-    # rpo_alpha changes DPO, IPO and the online rounds only: Preferred-FT (SFT, where it does
-    # nothing) and RLOO are reused
+    # rpo_alpha and beta change DPO, IPO and the online rounds only: Preferred-FT (SFT, where they
+    # do nothing) and RLOO are reused
     # (online.rounds=1: the rounds, redone, are not what this checks)
-    assert main(_args(tiny_lm, out, *FROM_PFT, "--resume", "preferred_ft.lr=2e-3", "rpo_alpha=0.5", "online.rounds=1")) == 0
+    assert main(_args(tiny_lm, out, *FROM_PFT, "--resume", "preferred_ft.lr=2e-3", "rpo_alpha=0.5", "beta=0.2",
+                      "online.rounds=1")) == 0
     assert json.loads((out / "summary.json").read_text())["reused_runs"] == ["preferred-ft", "rloo-oracle"]
 
 
@@ -254,6 +255,7 @@ def test_code_defaults_are_unchanged_and_the_recipe_sets_the_measured_default():
     assert (cfg.dpo.start, cfg.rloo.start, cfg.pairs.revisions_per_prompt, cfg.pairs.harmless_contrast) == (
         "preferred-ft", "preferred-ft", 2, True)
     assert (cfg.rpo_alpha, cfg.preferred_ft.lr, cfg.mixed_precision, cfg.prompts.n_heldout_safety) == (1.0, 5e-5, "bf16", 30)
+    assert (cfg.beta, cfg.robust.loss, cfg.robust.beta) == (0.1, "ipo", 0.2)  # IPO at β = 0.1 refused 28% of harmful prompts, at 0.2 48%
 
 def test_ifbench_methods_robust_names_the_robust_variant_whatever_its_loss():
     from dpokit.config import recipe

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from dpokit.config import ConfigError
+from dpokit.config import ConfigError, TrainConfig
 from dpokit.rlhf import online
 from dpokit.rlhf.rloo import RLOOTrainer
 from dpokit.tasks.frontier_methods import eval_steps, online_points
@@ -111,10 +111,11 @@ def preferred_ft_data(st: Study) -> Path:
 
 def preferred_ft(st: Study) -> dict:
     p = st.cfg.preferred_ft
-    # rpo_alpha (top level, for DPO and the robust variant) does nothing to SFT: 0 here keeps it out of this run's key
+    # rpo_alpha and beta (top level, for DPO and the robust variant) do nothing to SFT: fixing them
+    # here (0, and beta's default) keeps them out of this run's key, so a new β reuses Preferred-FT
     sft_cfg = train_config_of(st.cfg, objective="sft", loss="dpo", data=str(preferred_ft_data(st)), eval_data=None, eval_fraction=0.0,
                               lr=p.lr, epochs=p.epochs, max_steps=0, output_dir=str(st.run_dir / "preferred-ft"), save_every=0,
-                              rpo_alpha=0.0)
+                              rpo_alpha=0.0, beta=TrainConfig.beta)
     key = key_of(st.base, settings_of(sft_cfg), file_digest(sft_cfg.data))
     # DPO or RLOO starting from it needs its weights, not only its points: redo it if they are gone
     intact = (lambda _res: (pft_final(st) / "config.json").exists()) if _needs_pft_weights(st) else None
